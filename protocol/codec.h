@@ -1,0 +1,27 @@
+// Envelope <-> bytes. The only code that touches Cap'n Proto readers; every
+// kj::Exception is turned into a Status here and never escapes.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "core/status.h"
+#include "protocol/messages.h"
+
+namespace hanse::proto {
+
+struct DecodeLimits {
+  uint64_t traversal_words = 0;  // 0 = derived from the frame size (frame words x 2, capped)
+  int nesting = 16;
+  uint64_t max_frame_bytes = (4ull << 20) + (1ull << 20);
+};
+
+std::string Encode(const Envelope& envelope);
+
+// Errors: kCorruption (not a valid message; message says why),
+// kFailedPrecondition with "incompatible protocol version N" for a version mismatch.
+Result<Envelope> Decode(std::span<const std::byte> frame, const DecodeLimits& limits = {});
+Result<Envelope> Decode(const std::string& frame, const DecodeLimits& limits = {});
+
+}  // namespace hanse::proto
