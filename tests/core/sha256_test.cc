@@ -1,0 +1,2 @@
+#include <gtest/gtest.h>
+// filled in by the foundation storage work
