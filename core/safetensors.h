@@ -47,6 +47,8 @@ class SafetensorsFile {
   // Parses an in-memory buffer (copied); for tests and small blobs.
   static Result<std::unique_ptr<SafetensorsFile>> FromBytes(std::string bytes);
   ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;             // owns a mapping
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   // Tensors in header order of their data offsets (ascending begin).
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -59,9 +61,11 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  Status Parse();  // validates the header of [base_, base_ + size_)
   std::filesystem::path path_;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
+  std::map<std::string, size_t, std::less<>> index_;  // name -> position in tensors_
   const std::byte* base_ = nullptr;   // start of the mapping
   uint64_t size_ = 0;
   uint64_t data_offset_ = 0;
