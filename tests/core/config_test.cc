@@ -339,6 +339,62 @@ TEST(Config, MissingConfigFileIsNotFound) {
   EXPECT_NE(r.status().message().find("nope.toml"), std::string::npos);
 }
 
+// The examples in configs/ load once their keys (and the demo's initial model) exist.
+TEST(Config, ExamplesInConfigsLoad) {
+  TempDir dir;
+  const fs::path src = testing::SourceDir() / "configs";
+  ASSERT_TRUE(fs::is_directory(src)) << src;
+  fs::copy(src, dir.path(), fs::copy_options::recursive);
+  std::set<std::string> key_names;
+  const std::regex key_ref(R"re("keys/([A-Za-z0-9_.-]+)\.(key|pub)")re");
+  for (const auto& e : fs::directory_iterator(dir.path())) {
+    const std::string text = testing::ReadFile(e.path());
+    for (std::sregex_iterator it(text.begin(), text.end(), key_ref), end; it != end; ++it) key_names.insert((*it)[1]);
+  }
+  EXPECT_EQ(key_names, (std::set<std::string>{"admin", "alice", "berlin", "coordinator", "lyon", "paris"}));
+  for (const auto& n : key_names) ASSERT_OK(WriteKeyPair(n, dir / "keys").status());
+  WriteFile(dir / "models/fashion-cnn.safetensors", "stand-in: only its existence is checked");
+
+  auto c = LoadCoordinatorConfig(dir / "coordinator.toml");
+  ASSERT_OK(c.status());
+  auto cl = LoadClientConfig(dir / "client.toml");
+  ASSERT_OK(cl.status());
+  auto j = LoadJobConfig(dir / "job-fashion-mnist.toml");
+  ASSERT_OK(j.status());
+  EXPECT_EQ(j->dataset, "fashion-mnist");
+  EXPECT_EQ(j->architecture, "cnn");
+  EXPECT_EQ(j->strategy.rule, "fedavg");
+  EXPECT_EQ(j->model_name, "fashion-cnn");
+  const std::string coordinator_pub = *LoadPublicKey(dir / "keys/coordinator.pub");
+  EXPECT_EQ(cl->coordinator_public_key, coordinator_pub);
+  ASSERT_EQ(c->leads.size(), 1u);
+  EXPECT_EQ(c->leads[0].public_key, *LoadPublicKey(cl->public_key_file));
+
+  std::set<uint32_t> shares;
+  std::vector<std::string> site_names;
+  for (const char* f : {"site-paris.toml", "site-lyon.toml", "site-berlin.toml"}) {
+    auto s = LoadSiteConfig(dir / f);
+    ASSERT_OK(s.status());
+    site_names.push_back(s->name);
+    EXPECT_EQ(s->coordinator, cl->coordinator) << f;
+    EXPECT_EQ(s->coordinator_public_key, coordinator_pub) << f;
+    const auto it = std::find_if(c->sites.begin(), c->sites.end(), [&](const auto& p) { return p.name == s->name; });
+    ASSERT_NE(it, c->sites.end()) << s->name << " is not a [[site]] of coordinator.toml";
+    EXPECT_EQ(it->public_key, *LoadPublicKey(s->public_key_file)) << f;
+    const auto& ds = s->datasets.at(j->dataset);
+    EXPECT_EQ(ds.partition.kind, PartitionConfig::Kind::kDirichlet) << f;
+    EXPECT_EQ(ds.partition.num_shares, 3u) << f;
+    shares.insert(ds.partition.share);
+    EXPECT_TRUE(s->policy.models.count(j->model_name)) << f;
+    EXPECT_NE(std::find(s->policy.leads.begin(), s->policy.leads.end(), c->leads[0].name), s->policy.leads.end()) << f;
+    EXPECT_LE(j->training.epochs, s->policy.max_epochs) << f;
+  }
+  EXPECT_EQ(shares, (std::set<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(j->sites, site_names);
+  EXPECT_EQ(LoadSiteConfig(dir / "site-berlin.toml")->policy.timezone, "Europe/Berlin");
+  EXPECT_EQ(LoadSiteConfig(dir / "site-lyon.toml")->policy.timezone, "Europe/Paris");
+}
+
 // ---------------------------------------------------------------- negative matrix
 
 struct BadCase {
