@@ -15,11 +15,15 @@ struct DecodeLimits {
   uint64_t traversal_words = 0;  // 0 = derived from the frame size (frame words x 2, capped)
   int nesting = 16;
   uint64_t max_frame_bytes = (4ull << 20) + (1ull << 20);
+  // Every kind but BlobChunk must fit in this (admin replies, tasks, updates).
+  uint64_t max_control_bytes = 1ull << 20;
 };
 
 std::string Encode(const Envelope& envelope);
 
-// Errors: kCorruption (not a valid message; message says why),
+// Errors: kCorruption (not a valid message, too large, too deep, a hash field that
+// is not 64 lowercase hex, an enum value or reason code this version does not know;
+// the message says why),
 // kFailedPrecondition with "incompatible protocol version N" for a version mismatch.
 Result<Envelope> Decode(std::span<const std::byte> frame, const DecodeLimits& limits = {});
 Result<Envelope> Decode(const std::string& frame, const DecodeLimits& limits = {});

@@ -66,6 +66,9 @@ struct Incoming {
 struct PeerEvent {
   enum class Kind : uint8_t { kDisconnected, kAuthRefused } kind;
   std::string detail;           // remote address, key
+  // Set for kDisconnected when the connection had sent at least one message.
+  PeerId peer;
+  std::string principal;
 };
 
 class Server {
