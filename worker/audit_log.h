@@ -30,8 +30,8 @@ namespace hanse::site {
 
 // What an entry records. Empty strings / unset optionals are left out of the line.
 struct AuditRecord {
-  // "start" | "task" | "refusal" | "update_sent" | "update_acked" | "update_rejected"
-  // | "evaluation" | "cancelled" | "failed"
+  // "start" | "task" | "refusal" | "update_sent" | "evaluation" | "result_acked"
+  // | "result_rejected" | "cancelled" | "failed" | "stop"
   std::string event;
   std::string job_id;
   std::string task_id;

@@ -1,1 +1,220 @@
-int main() { return 0; }
+// hanse-worker: the site daemon, plus two local tools.
+//
+//   hanse-worker --config site.toml [--log-format text|json] [--log-level L] [--new-audit-log]
+//   hanse-worker --check-config site.toml
+//   hanse-worker init-model --arch cnn|mlp [--hidden 256,128] [--in-features 784] [--classes 10] --seed N -o FILE
+//   hanse-worker evaluate --arch cnn --model M.safetensors [--images F --labels F] [--threads N]
+//
+// CLI11 stays in this file (it costs ~10 s per translation unit).
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "core/blob_store.h"
+#include "core/config.h"
+#include "core/fsutil.h"
+#include "core/log.h"
+#include "core/sha256.h"
+#include "worker/audit_log.h"
+#include "worker/daemon.h"
+#include "worker/dataset.h"
+#include "worker/policy.h"
+#include "worker/site_ledger.h"
+#include "worker/torch_trainer.h"
+
+namespace hanse::site {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kFashionTestImages = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+constexpr const char* kFashionTestLabels = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz";
+
+int Fail(const Status& st) {
+  std::cerr << "hanse-worker: " << st.ToString() << "\n";
+  return 1;
+}
+
+// SIGINT/SIGTERM are blocked in every thread (set before any thread starts) and
+// taken by this watcher with sigtimedwait, which turns them into `stop`.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(std::atomic<bool>& stop) : stop_(stop) {
+    thread_ = std::thread([this] {
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, SIGINT);
+      sigaddset(&set, SIGTERM);
+      timespec ts{0, 200 * 1000 * 1000};
+      while (!done_.load()) {
+        int sig = sigtimedwait(&set, nullptr, &ts);
+        if (sig == SIGINT || sig == SIGTERM) {
+          spdlog::info("signal {} received; stopping", sig);
+          stop_.store(true);
+        }
+      }
+    });
+  }
+  ~SignalWatcher() {
+    done_.store(true);
+    thread_.join();
+  }
+  static void BlockSignals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  }
+
+ private:
+  std::atomic<bool>& stop_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+int CheckConfig(const std::string& file) {
+  auto config = LoadSiteConfig(file);
+  if (!config.ok()) return Fail(config.status());
+  Status st = ValidatePolicy(config->policy);
+  if (!st.ok()) return Fail(st.WithContext(file));
+  std::cout << "ok: " << file << ": site " << config->name << ", " << config->datasets.size() << " dataset(s), "
+            << config->policy.windows.size() << " availability window(s)\n";
+  return 0;
+}
+
+int RunDaemon(const std::string& file, const std::string& log_format, const std::string& log_level,
+              bool new_audit_log) {
+  auto format = ParseLogFormat(log_format);
+  if (!format.ok()) return Fail(format.status());
+  SetupLogging("hanse-worker", *format, log_level);
+  auto config = LoadSiteConfig(file);
+  if (!config.ok()) return Fail(config.status());
+
+  Clock clock = [] { return std::chrono::system_clock::now(); };
+  auto audit = AuditLog::Open(config->audit_log, new_audit_log, clock);
+  if (!audit.ok()) return Fail(audit.status());
+  auto ledger = SiteLedger::Open(config->data_dir / "ledger.jsonl");
+  if (!ledger.ok()) return Fail(ledger.status());
+  auto store = BlobStore::Open(config->data_dir);
+  if (!store.ok()) return Fail(store.status());
+  auto datasets = LoadSiteDatasets(*config);
+  if (!datasets.ok()) return Fail(datasets.status());
+  for (const auto& [name, ds] : *datasets) {
+    spdlog::info("dataset {}: {} train / {} test examples, {} classes", name, ds.train.size(), ds.test.size(),
+                 ds.num_classes);
+  }
+  auto trainer = train::MakeTorchTrainer(static_cast<int>(config->threads));
+
+  DaemonOptions options;
+  auto client = ClientOptionsFor(*config);
+  if (!client.ok()) return Fail(client.status());
+  options.client = std::move(client).value();
+
+  DaemonParts parts;
+  parts.config = &*config;
+  parts.trainer = trainer.get();
+  parts.audit = audit->get();
+  parts.ledger = ledger->get();
+  parts.store = store->get();
+  parts.datasets = &*datasets;
+  parts.clock = clock;
+  auto daemon = Daemon::Create(parts, std::move(options));
+  if (!daemon.ok()) return Fail(daemon.status());
+
+  std::atomic<bool> stop{false};
+  SignalWatcher watcher(stop);
+  Status st = (*daemon)->Run(stop);
+  if (!st.ok()) return Fail(st);
+  return 0;
+}
+
+int InitModelCommand(const std::string& arch, const std::vector<uint32_t>& hidden, int64_t in_features,
+                     int64_t classes, uint64_t seed, const std::string& out) {
+  Status st = train::InitModel(arch, hidden, in_features, classes, seed, out);
+  if (!st.ok()) return Fail(st);
+  auto bytes = ReadWholeFile(out);
+  if (!bytes.ok()) return Fail(bytes.status());
+  std::cout << "wrote " << out << " (" << arch << ", seed " << seed << ", " << bytes->size() << " bytes, sha256 "
+            << Sha256Hex(*bytes) << ")\n";
+  return 0;
+}
+
+int EvaluateCommand(const std::string& arch, const std::vector<uint32_t>& hidden, const std::string& model,
+                    const std::string& images, const std::string& labels, int threads) {
+  std::vector<int64_t> shape;
+  auto split = LoadIdx(images, labels, &shape);
+  if (!split.ok()) return Fail(split.status());
+  auto out = train::EvaluateModel(arch, hidden, model, *split, shape, threads);
+  if (!out.ok()) return Fail(out.status());
+  std::printf("accuracy %.4f loss %.4f examples %llu\n", out->accuracy, out->loss,
+              static_cast<unsigned long long>(out->examples));
+  return 0;
+}
+
+}  // namespace
+}  // namespace hanse::site
+
+int main(int argc, char** argv) {
+  // Before LibTorch starts: OpenBLAS threads would fight LibTorch's own (see TOOLCHAIN.md).
+  setenv("OPENBLAS_NUM_THREADS", "1", /*overwrite=*/0);
+  hanse::site::SignalWatcher::BlockSignals();
+
+  CLI::App app{"hanse-worker: federated fine-tuning site daemon"};
+  app.require_subcommand(0, 1);
+  std::string config_file, check_file, log_format = "text", log_level = "info";
+  bool new_audit_log = false;
+  app.add_option("--config", config_file, "site config (TOML)");
+  app.add_option("--check-config", check_file, "validate a site config and exit");
+  app.add_option("--log-format", log_format, "text | json")->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--log-level", log_level, "trace | debug | info | warn | error");
+  app.add_flag("--new-audit-log", new_audit_log,
+               "if the audit log's chain is broken, move it aside and start a new chain");
+
+  auto* init = app.add_subcommand("init-model", "write freshly initialized weights of a built-in architecture");
+  std::string init_arch, init_out;
+  std::vector<uint32_t> init_hidden;
+  int64_t in_features = 784, classes = 10;
+  uint64_t seed = 0;
+  init->add_option("--arch", init_arch, "mlp | cnn")->required()->check(CLI::IsMember({"mlp", "cnn"}));
+  init->add_option("--hidden", init_hidden, "mlp hidden sizes, e.g. --hidden 256 128")->delimiter(',');
+  init->add_option("--in-features", in_features, "mlp input features (default 784)");
+  init->add_option("--classes", classes, "output classes (default 10)");
+  init->add_option("--seed", seed, "random seed")->required();
+  init->add_option("-o,--output", init_out, "output .safetensors file")->required();
+
+  auto* eval = app.add_subcommand("evaluate", "loss and accuracy of a model on a local IDX test set");
+  std::string eval_arch, eval_model, images = hanse::site::kFashionTestImages,
+                                     labels = hanse::site::kFashionTestLabels;
+  std::vector<uint32_t> eval_hidden;
+  int threads = 1;
+  eval->add_option("--arch", eval_arch, "mlp | cnn")->required()->check(CLI::IsMember({"mlp", "cnn"}));
+  eval->add_option("--hidden", eval_hidden, "mlp hidden sizes")->delimiter(',');
+  eval->add_option("--model", eval_model, "model .safetensors")->required();
+  eval->add_option("--images", images, "IDX images (raw or .gz); default: Debian's Fashion-MNIST test set");
+  eval->add_option("--labels", labels, "IDX labels (raw or .gz)");
+  eval->add_option("--threads", threads, "intra-op threads")->check(CLI::Range(1, 1024));
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (init->parsed()) {
+    return hanse::site::InitModelCommand(init_arch, init_hidden, in_features, classes, seed, init_out);
+  }
+  if (eval->parsed()) {
+    return hanse::site::EvaluateCommand(eval_arch, eval_hidden, eval_model, images, labels, threads);
+  }
+  if (!check_file.empty()) return hanse::site::CheckConfig(check_file);
+  if (config_file.empty()) {
+    std::cerr << app.help() << "\nhanse-worker: --config FILE is required to run the daemon\n";
+    return 2;
+  }
+  return hanse::site::RunDaemon(config_file, log_format, log_level, new_audit_log);
+}
