@@ -702,8 +702,9 @@ Status ReadPolicy(const Reader& root, const SiteConfig& site, PolicyConfig* p) {
     if (!tz->is_string()) return r.Error(*tz, "timezone", "expected an IANA time zone name such as \"Europe/Paris\", got " + Describe(*tz));
     try {
       (void)date::locate_zone(tz->as_string()->get());
-    } catch (const std::exception&) {
-      return r.Error(*tz, "timezone", "unknown time zone " + Describe(*tz) + " (expected an IANA name such as \"Europe/Paris\")");
+    } catch (const std::exception& e) {
+      return r.Error(*tz, "timezone", "unknown time zone " + Describe(*tz) +
+                                          " (expected an IANA name such as \"Europe/Paris\"; " + e.what() + ")");
     }
     p->timezone = tz->as_string()->get();
   }

@@ -416,6 +416,7 @@ TEST_P(BadConfig, IsRejectedNamingFileLineAndKey) {
   const fs::path file = d.Write("bad.toml", c.text);
   const Status st = LoadAs(c.kind, file);
   ASSERT_FALSE(st.ok()) << c.label << " was accepted";
+  RecordProperty("message", st.message());  // readable in --gtest_output=xml
   EXPECT_EQ(st.code(), Code::kInvalidArgument) << st.ToString();
   const std::string prefix = file.string() + ":" + c.where + ": " + c.key + ": ";
   ASSERT_EQ(st.message().substr(0, prefix.size()), prefix) << st.message();
