@@ -271,6 +271,39 @@ Status BlobStore::Remove(std::string_view hash) {
   return FsyncDir(path.parent_path());
 }
 
+Result<uint64_t> BlobStore::RemoveStaleTemps(std::chrono::seconds min_age) {
+  const auto cutoff = fs::file_time_type::clock::now() - min_age;
+  uint64_t removed = 0;
+  std::error_code ec;
+  auto consider = [&](const fs::directory_entry& e, bool is_temp) -> Status {
+    if (!is_temp || !e.is_regular_file(ec)) return Status::Ok();
+    auto mtime = e.last_write_time(ec);
+    if (ec || mtime > cutoff) return Status::Ok();  // vanished meanwhile, or maybe still being written
+    if (::unlink(e.path().c_str()) == 0) {
+      ++removed;
+    } else if (errno != ENOENT) {
+      return ErrnoStatus("unlink", e.path(), errno);
+    }
+    return Status::Ok();
+  };
+  // Writer temps: everything in tmp/.
+  for (fs::directory_iterator it(root_ / "tmp", ec), end; !ec && it != end; it.increment(ec))
+    HANSE_RETURN_IF_ERROR(consider(*it, true));
+  if (ec) return Status::Io("blob store: cannot list " + (root_ / "tmp").string() + ": " + ec.message());
+  // Put temps: ".<hash>.tmp-..." next to the blobs in the fan-out folders.
+  for (fs::directory_iterator dir(root_ / "blobs", ec), end; !ec && dir != end; dir.increment(ec)) {
+    if (!dir->is_directory(ec)) continue;
+    std::error_code inner;
+    for (fs::directory_iterator it(dir->path(), inner), e2; !inner && it != e2; it.increment(inner)) {
+      std::string name = it->path().filename().string();
+      HANSE_RETURN_IF_ERROR(consider(*it, name.starts_with(".") && name.find(".tmp-") != std::string::npos));
+    }
+    if (inner) return Status::Io("blob store: cannot list " + dir->path().string() + ": " + inner.message());
+  }
+  if (ec) return Status::Io("blob store: cannot list " + (root_ / "blobs").string() + ": " + ec.message());
+  return removed;
+}
+
 // ---- Partial blobs ----
 
 uint64_t BlobStore::PartialSize(std::string_view hash) const {

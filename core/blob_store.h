@@ -8,6 +8,7 @@
 // blob must be written by one thread at a time.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -28,6 +29,7 @@ class BlobStore {
   static Result<std::unique_ptr<BlobStore>> Open(const std::filesystem::path& root);
 
   const std::filesystem::path& root() const { return root_; }
+  // Empty path for an invalid hash (see IsValidHash): no path is ever built from one.
   std::filesystem::path PathOf(std::string_view hash) const;
   bool Contains(std::string_view hash) const;
   Result<uint64_t> Size(std::string_view hash) const;
@@ -43,7 +45,13 @@ class BlobStore {
   Status Verify(std::string_view hash) const;
   // Reads [offset, offset+len) without verifying (streaming senders verify once up front).
   Result<uint64_t> ReadAt(std::string_view hash, uint64_t offset, std::span<std::byte> out) const;
+  // Removing a blob that is absent is not an error.
   Status Remove(std::string_view hash);
+  // Deletes temp files that a crash left behind (an interrupted Put or Writer)
+  // once they are older than `min_age`, so that writers still running in other
+  // processes are not disturbed. Partial blobs are kept (they are resumable).
+  // Returns how many files were removed.
+  Result<uint64_t> RemoveStaleTemps(std::chrono::seconds min_age = std::chrono::hours(1));
 
   // ---- Partial blobs ----
   // Bytes already held for `hash` (0 when none).

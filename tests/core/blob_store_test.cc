@@ -365,6 +365,59 @@ TEST(BlobStore, StrayTempFilesAreIgnored) {
   EXPECT_EQ(*got, data);
 }
 
+TEST(BlobStore, RemoveStaleTempsDeletesOnlyOldTempFiles) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  ASSERT_TRUE(store);
+  auto h = store->Put(std::string_view("keep me"));
+  ASSERT_OK(h.status());
+  std::string partial_hash = Sha256Hex(std::string_view("partial"));
+  ASSERT_OK(store->AppendPartial(partial_hash, 0, AsBytes("part")));
+  const fs::path fan = store->PathOf(*h).parent_path();
+  const fs::path old_put = fan / ("." + *h + ".tmp-1-0-0");
+  const fs::path old_writer = dir / "tmp" / ".blob.tmp-1-0-0";
+  const fs::path fresh_writer = dir / "tmp" / ".blob.tmp-2-0-0";
+  const fs::path not_a_temp = fan / "README";
+  for (const fs::path& p : {old_put, old_writer, fresh_writer, not_a_temp}) testing::WriteFile(p, "x");
+  const auto two_hours_ago = fs::file_time_type::clock::now() - std::chrono::hours(2);
+  for (const fs::path& p : {old_put, old_writer, not_a_temp}) fs::last_write_time(p, two_hours_ago);
+
+  auto removed = store->RemoveStaleTemps(std::chrono::hours(1));
+  ASSERT_OK(removed.status());
+  EXPECT_EQ(*removed, 2u);
+  EXPECT_FALSE(fs::exists(old_put));
+  EXPECT_FALSE(fs::exists(old_writer));
+  EXPECT_TRUE(fs::exists(fresh_writer));
+  EXPECT_TRUE(fs::exists(not_a_temp));
+  EXPECT_OK(store->Verify(*h));
+  EXPECT_EQ(store->PartialSize(partial_hash), 4u);
+}
+
+TEST(BlobStore, ConcurrentPutsOfSameAndDistinctBlobs) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  ASSERT_TRUE(store);
+  const std::string shared = RandomBytes(1 << 20, 20);
+  std::vector<std::string> own;
+  for (int t = 0; t < 4; ++t) own.push_back(RandomBytes(100000, 30 + static_cast<uint64_t>(t)));
+  std::vector<Status> results(8);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) {
+        auto a = store->Put(shared);
+        auto b = store->Put(own[static_cast<size_t>(t)]);
+        if (!a.ok()) results[static_cast<size_t>(2 * t)] = a.status();
+        if (!b.ok()) results[static_cast<size_t>(2 * t + 1)] = b.status();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const Status& st : results) EXPECT_OK(st);
+  EXPECT_OK(store->Verify(Sha256Hex(shared)));
+  for (const std::string& o : own) EXPECT_OK(store->Verify(Sha256Hex(o)));
+}
+
 // ---- crash safety ----
 
 // Every valid-hash file under blobs/ must be a complete blob; temp files are
@@ -480,6 +533,18 @@ void RunCrashLoop(CrashMode mode, int iterations) {
       ASSERT_OK(store->CommitPartial(hash));
       EXPECT_OK(store->Verify(hash));
     }
+  }
+  // What the kills left behind is cleaned up without touching complete blobs.
+  {
+    auto store = OpenStore(dir.path());
+    ASSERT_TRUE(store);
+    ASSERT_OK(store->RemoveStaleTemps(std::chrono::seconds(0)).status());
+    EXPECT_TRUE(fs::is_empty(dir / "tmp"));
+    for (auto& e : fs::recursive_directory_iterator(dir / "blobs"))
+      if (e.is_regular_file()) {
+        EXPECT_TRUE(IsValidHash(e.path().filename().string())) << e.path();
+      }
+    ExpectStoreConsistent(*store, dir.path());
   }
   // Some kill must land inside the write, otherwise this test proves nothing.
   EXPECT_GE(killed_before_done, 1) << "completed: " << completed;
