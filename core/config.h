@@ -6,6 +6,15 @@
 // Unknown keys are errors. Paths inside a file are resolved relative to the
 // folder of that file, so the structs below hold absolute (or caller-relative)
 // paths ready to open.
+//
+// Error codes: kNotFound when the config file itself is missing; kInvalidArgument
+// for everything in it (syntax: "FILE:LINE:COL: syntax error: ...", a missing
+// required key points at the table that should hold it, or 1:1).
+// Files named by a config are checked when it loads: public key files must hold
+// one 40-char Z85 key; secret key files must exist with mode 0600 or stricter
+// but are NOT read (programs call LoadSecretKey from core/keys.h at start, so
+// --check-config never holds a secret); dataset files must exist. The key
+// layout of each kind is documented in the examples under configs/.
 #pragma once
 
 #include <cstdint>
@@ -172,10 +181,15 @@ struct ClientConfig {
 };
 
 Result<CoordinatorConfig> LoadCoordinatorConfig(const fs::path& file);
+// SiteConfig::audit_log defaults to data_dir/audit.log.
 Result<SiteConfig> LoadSiteConfig(const fs::path& file);
+// initial_model is required; it and torchscript_module (architecture =
+// "torchscript") must exist. model_name defaults to initial_model's file stem.
 Result<JobConfig> LoadJobConfig(const fs::path& file);
 // Parses a job from text (the coordinator receives the file's text). `name_for_errors`
-// stands for the file in messages; `base_dir` resolves relative paths ("" = none).
+// stands for the file in messages; `base_dir` resolves relative paths ("" = none:
+// paths stay as written). Same checks as LoadJobConfig except that initial_model
+// and torchscript_module are not looked for on disk (the client uploads them).
 Result<JobConfig> ParseJobConfig(const std::string& text, const std::string& name_for_errors,
                                  const fs::path& base_dir);
 Result<ClientConfig> LoadClientConfig(const fs::path& file);
