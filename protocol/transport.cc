@@ -452,8 +452,10 @@ class ServerImpl final : public Server {
                                       std::string("handshake failed: ") + ProtocolErrorName(e->value)));
           break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-          spdlog::warn("refused a connection: handshake failed ({})", zmq_strerror(static_cast<int>(e->value)));
-          events_.push_back(Event(PeerEvent::Kind::kAuthRefused, "handshake failed"));
+          // libzmq 4.3.4 reports a peer without CURVE (mechanism mismatch) this way.
+          spdlog::warn("refused a connection: handshake failed ({}): a peer without CURVE, or not speaking ZMTP?",
+                       zmq_strerror(static_cast<int>(e->value)));
+          events_.push_back(Event(PeerEvent::Kind::kAuthRefused, "handshake failed (no CURVE?)"));
           break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
           // The ZAP handler logged the key and recorded the event.
