@@ -5,6 +5,9 @@
 // SafetensorsFile maps a file read-only and validates the whole header on open
 // (offsets in bounds, non-overlapping, size = shape x dtype size, no overflow):
 // every later access is in bounds. Errors name the tensor and the problem.
+// The data section must be covered exactly (no holes, no overlaps, no trailing
+// bytes), as the reference implementation requires. The file must not be
+// truncated while open (it is mapped; blob store files never change).
 #pragma once
 
 #include <cstdint>
@@ -54,7 +57,8 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* Find(std::string_view name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  // Raw little-endian bytes of a tensor (a view into the mapping).
+  // Raw little-endian bytes of a tensor (a view into the mapping, valid while this
+  // object lives). Not necessarily aligned for the element type: memcpy out of it.
   std::span<const std::byte> Data(const TensorInfo& t) const;
   uint64_t data_offset() const { return data_offset_; }   // file offset of the data section
   const std::filesystem::path& path() const { return path_; }
