@@ -441,6 +441,8 @@ Status ReadPrincipals(const Reader& root, std::string_view kind, std::vector<Pri
     HANSE_RETURN_IF_ERROR(r.Allow({"name", "public_key"}));
     PrincipalEntry e;
     HANSE_RETURN_IF_ERROR(r.Name("name", &e.name, kReq));
+    // Job files say sites = ["all"] for every site.
+    if (kind == "site" && e.name == "all") return r.ErrorKey("name", "\"all\" is reserved (sites = [\"all\"] in job files)");
     HANSE_RETURN_IF_ERROR(r.PublicKey("public_key", &e.public_key_file, &e.public_key, kReq));
     for (const auto& o : *out) {
       if (o.name == e.name) return r.ErrorKey("name", "duplicate " + std::string(kind) + " name " + Quote(e.name));

@@ -452,6 +452,8 @@ const BadCase kBadCases[] = {
     {"CoordDuplicateSite", Kind::kCoordinator,
      kC + "[[site]]\nname = \"paris\"\npublic_key = \"keys/paris.pub\"\n[[site]]\nname = \"paris\"\npublic_key = \"keys/lyon.pub\"\n",
      "7:8", "site[1].name", "duplicate site name \"paris\""},
+    {"CoordSiteNamedAll", Kind::kCoordinator, kC + "[[site]]\nname = \"all\"\npublic_key = \"keys/paris.pub\"\n", "4:8",
+     "site[0].name", "\"all\" is reserved"},
     {"CoordSiteWithoutName", Kind::kCoordinator, kC + "\n[[lead]]\npublic_key = \"keys/alice.pub\"\n", "4:1", "lead[0].name",
      "missing required key"},
     {"CoordSiteKeyUsedByLead", Kind::kCoordinator,

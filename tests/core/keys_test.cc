@@ -128,6 +128,15 @@ TEST(Keys, IsValidZ85Key) {
   EXPECT_FALSE(PublicKeyOf("nope").ok());
 }
 
+TEST(Keys, ReportsAFolderThatCannotBeCreated) {
+  TempDir dir;
+  WriteFile(dir / "file", "x");
+  auto r = WriteKeyPair("k", dir / "file/sub");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kIo);
+  EXPECT_NE(r.status().message().find((dir / "file/sub").string()), std::string::npos) << r.status().ToString();
+}
+
 TEST(Keys, RejectsBadKeyNames) {
   TempDir dir;
   EXPECT_EQ(WriteKeyPair("", dir.path()).status().code(), Code::kInvalidArgument);
