@@ -124,7 +124,8 @@ struct Daemon::Impl {
   std::vector<std::string> SiteDeviceKinds() const {
     std::vector<std::string> kinds;
     auto devices = parts.trainer->Devices();
-    for (const auto& d : config().devices) {
+    for (const auto& configured : config().devices) {
+      const std::string d = DeviceKind(configured);
       bool present = devices.empty() || std::any_of(devices.begin(), devices.end(),
                                                     [&](const proto::DeviceInfo& i) { return i.kind == d; });
       if (present && !Contains(kinds, d)) kinds.push_back(d);

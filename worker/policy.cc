@@ -88,10 +88,15 @@ std::string DescribeWindows(const PolicyConfig& policy) {
 
 }  // namespace
 
+std::string DeviceKind(const std::string& device) { return device.substr(0, device.find(':')); }
+
 std::vector<std::string> AllowedDevices(const PolicyConfig& policy, const std::vector<std::string>& site_devices) {
+  std::vector<std::string> site_kinds;
+  for (const auto& d : site_devices) site_kinds.push_back(DeviceKind(d));
   std::vector<std::string> out;
   for (const auto& d : policy.devices) {
-    if (Contains(site_devices, d) && !Contains(out, d)) out.push_back(d);
+    std::string kind = DeviceKind(d);
+    if (Contains(site_kinds, kind) && !Contains(out, kind)) out.push_back(kind);
   }
   return out;
 }

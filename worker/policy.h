@@ -48,7 +48,11 @@ Result<bool> InAvailabilityWindow(const PolicyConfig& policy, std::chrono::syste
 // "YYYY-MM" of `now` in the policy's time zone: the month the quota counts in.
 Result<std::string> PolicyMonth(const PolicyConfig& policy, std::chrono::system_clock::time_point now);
 
-// Device kinds a task may use: the policy's devices that the site offers.
+// "cuda:1" -> "cuda", "cpu" -> "cpu".
+std::string DeviceKind(const std::string& device);
+
+// Device kinds a task may use: the kinds of the policy's devices that the site
+// offers ("cpu", "cuda"; "cuda:N" entries count as "cuda").
 std::vector<std::string> AllowedDevices(const PolicyConfig& policy, const std::vector<std::string>& site_devices);
 
 }  // namespace hanse::site

@@ -187,6 +187,8 @@ TEST(Policy, RefusesWhenNoAllowedDeviceIsAvailable) {
   p.devices = {"cuda", "cpu"};
   EXPECT_EQ(AllowedDevices(p, {"cpu"}), std::vector<std::string>{"cpu"});
   EXPECT_TRUE(CheckTask(p, BaseTask(), BaseContext()).accepted());
+  p.devices = {"cuda:1"};
+  EXPECT_EQ(AllowedDevices(p, {"cpu", "cuda:0"}), std::vector<std::string>{"cuda"}) << "compared by kind";
 }
 
 TEST(Policy, WindowUsesTheSiteTimeZone) {
