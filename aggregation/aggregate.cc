@@ -213,6 +213,9 @@ void Engine::OpenInputs() {
     bool bad = false;
     for (const TensorInfo* t : sorted) {
       const TensorSchema* want = schema_.Find(t->name);
+      // A full model also carries the tensors that are not trained (copied from the global model).
+      if (!want && mode_.inputs_are_models && global_.st->Find(t->name)) continue;
+      if (!want && mode_.global_is_zero && global_.st->Find(t->name) && !IsFloat(t->dtype)) continue;
       if (!want) {
         Reject(u, RejectReason::kExtraTensor, Quote(t->name) + ": not part of the model's trainable tensors");
       } else if (std::find(schema_.allowed_dtypes.begin(), schema_.allowed_dtypes.end(), t->dtype) ==
@@ -341,6 +344,10 @@ Status Engine::CheckPreconditions() {
   }
   std::sort(rejected_.begin(), rejected_.end(),
             [](const RejectedUpdate& a, const RejectedUpdate& b) { return a.site < b.site; });
+  if (mode_.fail_on_reject && !rejected_.empty()) {
+    const auto& r = rejected_.front();
+    return Status::InvalidArgument(r.site + " rejected (" + RejectReasonName(r.reason) + "): " + r.message);
+  }
   const size_t k = used_.size();
   if (k == 0) return Status::FailedPrecondition("no valid update to aggregate (" + std::to_string(rejected_.size()) + " rejected)");
   for (Input* in : used_) {
@@ -620,10 +627,6 @@ Result<AggregateResult> Engine::Run(const WriterFactory& make_model_writer, cons
   OpenInputs();
   HANSE_RETURN_IF_ERROR(ValidateValues());
   HANSE_RETURN_IF_ERROR(CheckPreconditions());
-  if (mode_.fail_on_reject && !rejected_.empty()) {
-    const auto& r = rejected_.front();
-    return Status::InvalidArgument(r.site + " rejected (" + RejectReasonName(r.reason) + "): " + r.message);
-  }
 
   AggregateResult result;
   result.rejected = rejected_;

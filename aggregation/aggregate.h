@@ -108,8 +108,8 @@ struct ValidatedUpdate {
 // from the same loop that hashes the chunk). Memory: the JSON header (<= 16 MiB)
 // plus a few KiB. The first failure sticks: later Feed/Finish return it, and
 // reason() says which kind it was. Error messages name the tensor, e.g.
-// "tensor 'fc1.weight': element 17 is NaN". `expected` is borrowed and must
-// outlive the validator. Not thread-safe.
+// "tensor 'fc1.weight': element 17 is NaN". The schema is copied (it is small:
+// names and shapes). Not thread-safe.
 class UpdateValidator {
  public:
   UpdateValidator(const ModelSchema& expected, std::optional<double> max_norm);
@@ -129,7 +129,7 @@ class UpdateValidator {
   Status FeedData(std::span<const std::byte> bytes);
   Status CheckTensorDone();
 
-  const ModelSchema& expected_;
+  ModelSchema expected_;
   std::optional<double> max_norm_;
   std::unique_ptr<State> state_;
   std::optional<RejectReason> reason_;
