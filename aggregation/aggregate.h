@@ -79,8 +79,11 @@ struct ModelSchema {
   const TensorSchema* Find(std::string_view name) const;
 };
 // The float tensors (F32/BF16/F16) of `model` whose names match one of
-// `trainable_patterns` (glob: '*' any run of characters, '?' one character);
-// no patterns: every float tensor. A pattern that matches nothing is an error.
+// `trainable_patterns` (fnmatch(3) globs without flags, as the worker's trainer
+// matches them: '*' also crosses dots); no patterns: every float tensor. A pattern
+// that matches nothing is an error. The worker sends only the tensors it trained
+// (its model's parameters): a model whose file also holds float buffers (e.g.
+// BatchNorm running stats) needs patterns that leave them out.
 Result<ModelSchema> SchemaFromModel(const SafetensorsFile& model,
                                     std::span<const std::string> trainable_patterns = {});
 

@@ -1,4 +1,6 @@
 // Rule names, option checks and the update schema.
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -19,25 +21,10 @@ constexpr RuleEntry kRules[] = {
     {Rule::kTrimmedMean, "trimmed_mean"}, {Rule::kKrum, "krum"}, {Rule::kMultiKrum, "multi_krum"},
 };
 
-// Glob with '*' and '?' (iterative, with one backtrack point: linear enough for names).
-bool GlobMatch(std::string_view pattern, std::string_view text) {
-  size_t p = 0, t = 0, star = std::string_view::npos, mark = 0;
-  while (t < text.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
-      ++p;
-      ++t;
-    } else if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      mark = t;
-    } else if (star != std::string_view::npos) {
-      p = star + 1;
-      t = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
+// Same matching as the worker's trainer (fnmatch(3), no flags), so both sides
+// agree on the trainable set.
+bool GlobMatch(const std::string& pattern, const std::string& text) {
+  return fnmatch(pattern.c_str(), text.c_str(), 0) == 0;
 }
 
 bool IsFloat(DType d) { return d == DType::kF32 || d == DType::kBF16 || d == DType::kF16; }
