@@ -1,10 +1,12 @@
 // TorchTrainer: local training and evaluation with LibTorch (CPU; CUDA and
 // multi-GPU NCCL data parallelism when built with them).
+#include <dlfcn.h>
 #include <fnmatch.h>
 #include <time.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -267,7 +269,9 @@ class TorchTrainer final : public site::Trainer {
   Result<Placement> Place(const TrainInput& in) const {
     const auto& d = in.devices;
     const bool allow_cpu = d.empty() || std::find(d.begin(), d.end(), "cpu") != d.end();
-    const bool allow_cuda = std::find(d.begin(), d.end(), "cuda") != d.end();
+    // "cuda" or "cuda:N" (the policy compares devices by kind).
+    const bool allow_cuda =
+        std::any_of(d.begin(), d.end(), [](const std::string& x) { return x.rfind("cuda", 0) == 0; });
     const int gpus = allow_cuda ? CudaDeviceCount() : 0;
     if (gpus > 0) return Placement{torch::Device(torch::kCUDA, 0), gpus};
     if (allow_cpu) return Placement{};
@@ -555,7 +559,17 @@ class TorchTrainer final : public site::Trainer {
 
 }  // namespace
 
-std::unique_ptr<site::Trainer> MakeTorchTrainer(int threads) { return std::make_unique<TorchTrainer>(threads); }
+std::unique_ptr<site::Trainer> MakeTorchTrainer(int threads) {
+  // Torch threads around a single-threaded BLAS is the fastest setting measured
+  // on small VMs (TOOLCHAIN.md); two thread pools spinning against each other
+  // is the slowest. OpenBLAS reads its variable at load time, so set it through
+  // its API, unless the admin chose a value.
+  if (!std::getenv("OPENBLAS_NUM_THREADS")) {
+    using SetThreads = void (*)(int);
+    if (auto* set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(1);
+  }
+  return std::make_unique<TorchTrainer>(threads);
+}
 
 Status InitModel(const std::string& arch, const std::vector<uint32_t>& hidden, int64_t in_features,
                  int64_t num_classes, uint64_t seed, const std::filesystem::path& out) {
