@@ -21,12 +21,7 @@ Status SendRequests(Client& client, const std::vector<BlobRequest>& requests) {
 
 template <class SendFn>
 Status Answer(BlobSender& sender, const BlobRequest& request, uint64_t in_reply_to, SendFn send) {
-  Status st = sender.Serve(request, [&](const BlobChunk& chunk) {
-    Envelope e;
-    e.in_reply_to = in_reply_to;
-    e.message = chunk;  // one copy per chunk; the sender reuses its buffer
-    return send(e);
-  });
+  Status st = sender.Serve(request, in_reply_to, [&](const Envelope& e) { return send(e); });
   if (st.ok() || st.code() == Code::kDisconnected || st.code() == Code::kOverloaded) return st;
   Reject reject;
   reject.code = st.code() == Code::kNotFound ? Reason::kBlobNotFound : Reason::kMalformed;
@@ -71,7 +66,11 @@ Status PullBlob(Client& client, BlobReceiver& receiver, const std::string& hash,
     }
     const Envelope& e = **got;
     if (const auto* chunk = std::get_if<BlobChunk>(&e.message); chunk && chunk->hash == hash) {
-      auto next = receiver.OnChunk(*chunk);
+      Status grant_status;
+      auto next = receiver.OnChunk(*chunk, [&](const std::vector<BlobRequest>& requests) {
+        grant_status = SendRequests(client, requests);
+      });
+      HANSE_RETURN_IF_ERROR(grant_status);
       if (!next.ok()) {
         if (next.status().code() == Code::kCorruption) {
           (void)client.Send(Wrap(Reject{Reason::kBlobCorrupt, next.status().message(), hash}));

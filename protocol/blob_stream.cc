@@ -19,6 +19,11 @@ namespace hanse::proto {
 BlobSender::BlobSender(BlobStore& store, StreamOptions options) : store_(store), options_(options) {}
 
 Status BlobSender::Serve(const BlobRequest& request, const std::function<Status(const BlobChunk&)>& emit) {
+  return Serve(request, 0, [&](const Envelope& e) { return emit(std::get<BlobChunk>(e.message)); });
+}
+
+Status BlobSender::Serve(const BlobRequest& request, uint64_t in_reply_to,
+                         const std::function<Status(const Envelope&)>& emit) {
   if (!IsValidHash(request.hash)) return Status::InvalidArgument("blob request: invalid hash");
   auto size = store_.Size(request.hash);
   if (!size.ok()) {
@@ -32,7 +37,9 @@ Status BlobSender::Serve(const BlobRequest& request, const std::function<Status(
   // Never more than our own window in flight, whatever the peer asks for: the
   // socket's queue would otherwise hold credits x chunk bytes.
   uint32_t credits = std::min(request.credits, options_.window);
-  BlobChunk chunk;  // one buffer for the whole request
+  if (!std::holds_alternative<BlobChunk>(scratch_.message)) scratch_.message = BlobChunk{};
+  scratch_.in_reply_to = in_reply_to;
+  auto& chunk = std::get<BlobChunk>(scratch_.message);  // one buffer for all requests
   chunk.hash = request.hash;
   chunk.total_size = *size;
   uint64_t offset = request.offset;
@@ -46,7 +53,7 @@ Status BlobSender::Serve(const BlobRequest& request, const std::function<Status(
       if (*got != n) return Status::Io("blob " + request.hash + " shrank while being read");
     }
     chunk.last = offset + n == *size;
-    HANSE_RETURN_IF_ERROR(emit(chunk));
+    HANSE_RETURN_IF_ERROR(emit(scratch_));
     offset += n;
     if (chunk.last) break;
   }
@@ -128,7 +135,10 @@ Result<std::vector<BlobRequest>> BlobReceiver::Start(const std::string& hash, ui
   return std::vector<BlobRequest>{im.FirstRequest(hash, slot)};
 }
 
-Result<std::vector<BlobRequest>> BlobReceiver::OnChunk(const BlobChunk& chunk) {
+Result<std::vector<BlobRequest>> BlobReceiver::OnChunk(const BlobChunk& chunk) { return OnChunk(chunk, {}); }
+
+Result<std::vector<BlobRequest>> BlobReceiver::OnChunk(
+    const BlobChunk& chunk, const std::function<void(const std::vector<BlobRequest>&)>& grant) {
   auto& im = *impl_;
   auto it = im.active.find(chunk.hash);
   if (it == im.active.end()) {
@@ -154,23 +164,31 @@ Result<std::vector<BlobRequest>> BlobReceiver::OnChunk(const BlobChunk& chunk) {
     return Status::Corruption("blob " + hash + ": chunk at " + std::to_string(chunk.offset) + " of " +
                               std::to_string(n) + " bytes is inconsistent with its last flag");
   }
-  HANSE_RETURN_IF_ERROR(im.store.AppendPartial(
-      chunk.hash, chunk.offset, std::as_bytes(std::span<const char>(chunk.bytes.data(), chunk.bytes.size()))));
-  t.received += n;
-  if (ends) {
-    HANSE_RETURN_IF_ERROR(im.Commit(chunk.hash));
-    return std::vector<BlobRequest>{};
-  }
-  if (t.chunk_size == 0) {
-    // First full chunk of this request: now we know where the window ends.
-    t.chunk_size = n;
-    t.requested_end = std::min(t.size, t.window_start + uint64_t{im.options.window} * n);
-  }
+  // One credit back per chunk taken off the wire.
   std::vector<BlobRequest> out;
-  if (t.requested_end < t.size) {
-    out.push_back(BlobRequest{chunk.hash, t.requested_end, 1});
-    t.requested_end = std::min(t.size, t.requested_end + t.chunk_size);
+  if (!ends) {
+    if (t.chunk_size == 0) {
+      // First full chunk of this request: now we know where the window ends.
+      t.chunk_size = n;
+      t.requested_end = std::min(t.size, t.window_start + uint64_t{im.options.window} * n);
+    }
+    if (t.requested_end < t.size) {
+      out.push_back(BlobRequest{chunk.hash, t.requested_end, 1});
+      t.requested_end = std::min(t.size, t.requested_end + t.chunk_size);
+    }
   }
+  if (grant && !out.empty()) {
+    grant(out);
+    out.clear();
+  }
+  Status st = im.store.AppendPartial(chunk.hash, chunk.offset,
+                                     std::as_bytes(std::span<const char>(chunk.bytes.data(), chunk.bytes.size())));
+  if (!st.ok()) {
+    im.active.erase(chunk.hash);  // a later Start() resumes from what was fsynced
+    return st;
+  }
+  t.received += n;
+  if (ends) HANSE_RETURN_IF_ERROR(im.Commit(chunk.hash));
   return out;
 }
 

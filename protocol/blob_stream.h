@@ -39,10 +39,14 @@ class BlobSender {
   // or a Reject (kBlobNotFound) when the blob is absent. Reads the chunks from disk
   // one at a time through `emit`, so at most one chunk is held here.
   Status Serve(const BlobRequest& request, const std::function<Status(const BlobChunk&)>& emit);
+  // Same, each chunk already wrapped in an Envelope (in_reply_to set) whose
+  // buffer is reused from call to call: no per-chunk copy or allocation.
+  Status Serve(const BlobRequest& request, uint64_t in_reply_to, const std::function<Status(const Envelope&)>& emit);
 
  private:
   BlobStore& store_;
   StreamOptions options_;
+  Envelope scratch_;  // holds the one chunk being sent
 };
 
 // Tracks blobs this side is pulling.
@@ -59,6 +63,11 @@ class BlobReceiver {
   // back). When the last byte arrives the hash is verified: kCorruption (the
   // partial is discarded) on mismatch.
   Result<std::vector<BlobRequest>> OnChunk(const BlobChunk& chunk);
+  // Same, but hands the next requests to `grant` as soon as the chunk is checked,
+  // before it is written and fsynced, so the sender works meanwhile; returns
+  // what remains to send (nothing on success). Memory: (window + 1) x chunk.
+  Result<std::vector<BlobRequest>> OnChunk(const BlobChunk& chunk,
+                                           const std::function<void(const std::vector<BlobRequest>&)>& grant);
   // After a reconnect: requests that resume every active transfer from the bytes held.
   std::vector<BlobRequest> Resume();
   bool IsActive(const std::string& hash) const;

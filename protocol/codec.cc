@@ -8,6 +8,7 @@
 #include "protocol/codec.h"
 
 #include <capnp/message.h>
+#include <capnp/orphan.h>
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 #include <kj/io.h>
@@ -227,7 +228,8 @@ void PutBody(w::Envelope::Body::Builder b, const BlobChunk& v) {
   m.setHash(T(v.hash));
   m.setOffset(v.offset);
   m.setTotalSize(v.total_size);
-  m.setBytes(D(v.bytes));
+  // Referenced, not copied: the bytes are copied once, by writeMessage (as their own segment).
+  m.adoptBytes(capnp::Orphanage::getForMessageContaining(m).referenceExternalData(D(v.bytes)));
   m.setLast(v.last);
 }
 void PutBody(w::Envelope::Body::Builder b, const Update& v) {
@@ -633,10 +635,13 @@ Result<Envelope> DecodeAligned(kj::ArrayPtr<const capnp::word> words, uint64_t f
 }  // namespace
 
 std::string Encode(const Envelope& envelope) {
-  // Size the first segment for the payload so a chunk encodes as one segment.
-  uint64_t first_words = 1024;
-  if (const auto* c = std::get_if<BlobChunk>(&envelope.message)) first_words += c->bytes.size() / 8 + 64;
-  capnp::MallocMessageBuilder builder(static_cast<unsigned>(std::min<uint64_t>(first_words, 1u << 28)));
+  std::string out;
+  EncodeTo(envelope, out);
+  return out;
+}
+
+void EncodeTo(const Envelope& envelope, std::string& out) {
+  capnp::MallocMessageBuilder builder(1024);
   auto root = builder.initRoot<w::Envelope>();
   root.setVersion(envelope.version);
   root.setMessageId(envelope.message_id);
@@ -645,10 +650,9 @@ std::string Encode(const Envelope& envelope) {
   std::visit([&](const auto& m) { PutBody(body, m); }, envelope.message);
 
   size_t words = capnp::computeSerializedSizeInWords(builder);
-  std::string out(words * sizeof(capnp::word), '\0');
+  out.resize(words * sizeof(capnp::word));
   kj::ArrayOutputStream stream(kj::arrayPtr(reinterpret_cast<kj::byte*>(out.data()), out.size()));
   capnp::writeMessage(stream, builder);
-  return out;
 }
 
 Result<Envelope> Decode(std::span<const std::byte> frame, const DecodeLimits& limits) {

@@ -20,6 +20,9 @@ struct DecodeLimits {
 };
 
 std::string Encode(const Envelope& envelope);
+// Same bytes, written into `out` (its capacity is reused: hot paths keep one
+// buffer per chunk in flight instead of touching fresh pages for each chunk).
+void EncodeTo(const Envelope& envelope, std::string& out);
 
 // Errors: kCorruption (not a valid message, too large, too deep, a hash field that
 // is not 64 lowercase hex, an enum value or reason code this version does not know;
