@@ -452,6 +452,7 @@ class ServerImpl final : public Server {
       DecodeLimits limits;
       limits.max_frame_bytes = options_.tuning.max_chunk_bytes + options_.tuning.envelope_overhead;
       limits.max_control_bytes = options_.tuning.envelope_overhead;
+      limits.nesting = options_.tuning.decode_nesting;
       in.envelope = Decode(std::span<const std::byte>(static_cast<const std::byte*>(payload.data()), payload.size()),
                            limits);
     }
@@ -634,6 +635,8 @@ class ClientImpl final : public Client {
           DecodeLimits limits;
           limits.max_frame_bytes = options_.tuning.max_chunk_bytes + options_.tuning.envelope_overhead;
           limits.max_control_bytes = options_.tuning.envelope_overhead;
+          limits.nesting = options_.tuning.decode_nesting;
+      limits.nesting = options_.tuning.decode_nesting;
           auto env = Decode(std::span<const std::byte>(static_cast<const std::byte*>(m.data()), m.size()), limits);
           if (!env.ok()) return env.status();
           return std::optional<Envelope>(std::move(env).value());

@@ -37,6 +37,8 @@ struct TransportTuning {
   // ZMQ_MAXMSGSIZE is set to max_chunk_bytes + this; larger frames are dropped by libzmq.
   uint64_t max_chunk_bytes = 4ull << 20;
   uint64_t envelope_overhead = 1ull << 20;
+  // Cap'n Proto nesting limit for received frames (the schema needs 6 levels).
+  int decode_nesting = 16;
 };
 
 struct ServerOptions {

@@ -292,6 +292,40 @@ TEST_F(TransportTest, BadFramesAreRefusedWithReasonAndServerKeepsServing) {
   EXPECT_OK(in->envelope.status());
 }
 
+TEST(TransportNesting, TooDeepFrameIsRefusedWithReason) {
+  Keys server = NewKeys(), site = NewKeys();
+  ServerOptions o;
+  o.endpoint = "tcp://127.0.0.1:0";
+  o.secret_key = server.sec;
+  o.public_key = server.pub;
+  o.principals = {Principal{"paris", Role::kSite, site.pub}};
+  o.tuning.decode_nesting = 3;  // JobStatus -> rounds -> RoundInfo -> sites is deeper
+  auto s = Server::Bind(o);
+  ASSERT_OK(s.status());
+  RawPeer peer((*s)->endpoint(), &site, server.pub);
+  JobStatus deep;
+  deep.rounds.push_back(RoundInfo{});
+  deep.rounds[0].sites.push_back(SiteRoundInfo{});
+  for (int i = 0; i < 100; ++i) {
+    peer.Send(Encode(Env(deep)));
+    auto in = (*s)->Receive(milliseconds(3000));
+    ASSERT_OK(in.status());
+    ASSERT_TRUE(in->has_value());
+    EXPECT_FALSE((*in)->envelope.ok());
+    auto answer = peer.Receive(milliseconds(3000));
+    ASSERT_TRUE(answer.has_value());
+    auto reject = Decode(*answer);
+    ASSERT_OK(reject.status());
+    EXPECT_EQ(std::get<Reject>(reject->message).code, Reason::kMalformed);
+    EXPECT_NE(std::get<Reject>(reject->message).text.find("nesting"), std::string::npos);
+  }
+  peer.Send(Encode(Env(Heartbeat{})));
+  auto ok = (*s)->Receive(milliseconds(3000));
+  ASSERT_OK(ok.status());
+  ASSERT_TRUE(ok->has_value());
+  EXPECT_OK((*ok)->envelope.status());
+}
+
 TEST_F(TransportTest, OversizeFrameDisconnectsThePeerAndServerKeepsServing) {
   auto client = Connect(site_, server_keys_.pub);
   ASSERT_OK(client->WaitConnected(milliseconds(5000)));
