@@ -13,7 +13,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -43,43 +42,21 @@ int Fail(const Status& st) {
   return 1;
 }
 
-// SIGINT/SIGTERM are blocked in every thread (set before any thread starts) and
-// taken by this watcher with sigtimedwait, which turns them into `stop`.
-class SignalWatcher {
- public:
-  explicit SignalWatcher(std::atomic<bool>& stop) : stop_(stop) {
-    thread_ = std::thread([this] {
-      sigset_t set;
-      sigemptyset(&set);
-      sigaddset(&set, SIGINT);
-      sigaddset(&set, SIGTERM);
-      timespec ts{0, 200 * 1000 * 1000};
-      while (!done_.load()) {
-        int sig = sigtimedwait(&set, nullptr, &ts);
-        if (sig == SIGINT || sig == SIGTERM) {
-          spdlog::info("signal {} received; stopping", sig);
-          stop_.store(true);
-        }
-      }
-    });
-  }
-  ~SignalWatcher() {
-    done_.store(true);
-    thread_.join();
-  }
-  static void BlockSignals() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  }
+// SIGINT/SIGTERM ask the daemon to stop. A handler (not sigwait) because
+// LibTorch and OpenMP may start threads before main() that a blocked mask would
+// not cover. The flag is the one process-wide state a signal handler needs.
+std::atomic<bool> stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
 
- private:
-  std::atomic<bool>& stop_;
-  std::atomic<bool> done_{false};
-  std::thread thread_;
-};
+void OnStopSignal(int) { stop_requested.store(true); }
+
+void InstallStopHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
 
 int CheckConfig(const std::string& file) {
   auto config = LoadSiteConfig(file);
@@ -130,9 +107,7 @@ int RunDaemon(const std::string& file, const std::string& log_format, const std:
   auto daemon = Daemon::Create(parts, std::move(options));
   if (!daemon.ok()) return Fail(daemon.status());
 
-  std::atomic<bool> stop{false};
-  SignalWatcher watcher(stop);
-  Status st = (*daemon)->Run(stop);
+  Status st = (*daemon)->Run(stop_requested);
   if (!st.ok()) return Fail(st);
   return 0;
 }
@@ -166,7 +141,7 @@ int EvaluateCommand(const std::string& arch, const std::vector<uint32_t>& hidden
 int main(int argc, char** argv) {
   // Before LibTorch starts: OpenBLAS threads would fight LibTorch's own (see TOOLCHAIN.md).
   setenv("OPENBLAS_NUM_THREADS", "1", /*overwrite=*/0);
-  hanse::site::SignalWatcher::BlockSignals();
+  hanse::site::InstallStopHandlers();
 
   CLI::App app{"hanse-worker: federated fine-tuning site daemon"};
   app.require_subcommand(0, 1);
