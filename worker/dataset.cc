@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <numbers>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -67,7 +68,7 @@ double StdNormal(std::mt19937_64& rng) {
   // Box-Muller; 1 - u keeps the log argument in (0, 1].
   const double u1 = 1.0 - Uniform01(rng);
   const double u2 = Uniform01(rng);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
 }
 
 // Gamma(shape, 1) by Marsaglia-Tsang; shape < 1 via the boost U^(1/shape).

@@ -33,10 +33,10 @@ struct MlpNet : torch::nn::Module {
     int64_t prev = in;
     size_t k = 1;
     for (uint32_t h : hidden) {
-      layers.push_back(register_module("fc" + std::to_string(k++), torch::nn::Linear(prev, int64_t{h})));
+      layers.push_back(register_module(LayerName("fc", k++, ""), torch::nn::Linear(prev, int64_t{h})));
       prev = h;
     }
-    layers.push_back(register_module("fc" + std::to_string(k), torch::nn::Linear(prev, classes)));
+    layers.push_back(register_module(LayerName("fc", k, ""), torch::nn::Linear(prev, classes)));
   }
   torch::Tensor forward(torch::Tensor x) {
     x = x.reshape({x.size(0), -1});
@@ -103,6 +103,15 @@ class ScriptModel final : public Model {
 
 }  // namespace
 
+std::string LayerName(std::string_view prefix, size_t k, std::string_view suffix) {
+  // Appends rather than `"fc" + std::to_string(k)`, which trips g++ 12's
+  // -Wrestrict false positive (GCC PR 105329).
+  std::string s(prefix);
+  s += std::to_string(k);
+  s += suffix;
+  return s;
+}
+
 Result<DType> ToDType(torch::ScalarType t) {
   switch (t) {
     case torch::kFloat32: return DType::kF32;
@@ -155,7 +164,7 @@ Result<std::unique_ptr<Model>> MakeModel(const ModelSpec& spec) {
 int64_t ClassesFromWeights(const SafetensorsFile& file, const ModelSpec& spec) {
   std::string last;
   if (spec.arch == "cnn") last = "fc2.weight";
-  if (spec.arch == "mlp") last = "fc" + std::to_string(spec.hidden.size() + 1) + ".weight";
+  if (spec.arch == "mlp") last = LayerName("fc", spec.hidden.size() + 1, ".weight");
   const TensorInfo* t = last.empty() ? nullptr : file.Find(last);
   if (!t || t->shape.size() != 2) return 0;
   return t->shape[0];

@@ -56,6 +56,9 @@ Status LoadWeights(const SafetensorsFile& file, Model& model);
 Status SaveWeights(Model& model, const std::filesystem::path& out,
                    const std::map<std::string, std::string>& metadata = {});
 
+// "fc3.weight" = LayerName("fc", 3, ".weight").
+std::string LayerName(std::string_view prefix, size_t k, std::string_view suffix);
+
 // safetensors dtype of a torch dtype; kInvalidArgument for unsupported ones.
 Result<DType> ToDType(torch::ScalarType t);
 

@@ -42,6 +42,7 @@ Status InitModel(const std::string& arch, const std::vector<uint32_t>& hidden, i
 
 // evaluate: mean cross-entropy loss and accuracy of `model` (safetensors, built-in
 // arch) on `split`, whose samples have `sample_shape` (e.g. {1,28,28} or {F}).
+// For mlp, an empty `hidden` means: take the hidden sizes from the file.
 // Errors: kInvalidArgument when the model does not fit the arch (names the tensor).
 Result<site::EvalOutput> EvaluateModel(const std::string& arch, const std::vector<uint32_t>& hidden,
                                        const std::filesystem::path& model, const site::Split& split,

@@ -613,6 +613,18 @@ Result<site::EvalOutput> EvaluateModel(const std::string& arch, const std::vecto
     spec.arch = arch;
     spec.hidden = hidden;
     spec.sample_shape = sample_shape;
+    if (arch == "mlp" && hidden.empty()) {
+      // Command-line convenience: take the hidden sizes from the file's layers
+      // (fc1..fcK-1 output sizes); the strict load still checks every tensor.
+      auto file = SafetensorsFile::Open(model);
+      if (!file.ok()) return file.status();
+      for (size_t k = 1;; ++k) {
+        const TensorInfo* w = (*file)->Find(LayerName("fc", k + 1, ".weight"));
+        const TensorInfo* cur = (*file)->Find(LayerName("fc", k, ".weight"));
+        if (!w || !cur || cur->shape.size() != 2) break;
+        spec.hidden.push_back(static_cast<uint32_t>(cur->shape[0]));
+      }
+    }
     int64_t max_label = -1;
     for (auto l : split.labels) max_label = std::max(max_label, l);
     HANSE_ASSIGN_OR_RETURN(Loaded loaded, LoadModel(spec, model, std::max<int64_t>(1, max_label + 1)));

@@ -194,6 +194,10 @@ TEST_F(TrainTest, MlpTrainingLowersTheLossAndReportsMetrics) {
   EXPECT_LT(after->loss, before->loss * 0.7) << before->loss << " -> " << after->loss;
   EXPECT_GT(after->accuracy, 0.5);
   EXPECT_GT(after->accuracy, before->accuracy + 0.3);
+  // mlp hidden sizes can be left to the file.
+  auto inferred = EvaluateModel("mlp", {}, trained, data_->test, data_->sample_shape, 1);
+  ASSERT_OK(inferred.status());
+  EXPECT_DOUBLE_EQ(inferred->accuracy, after->accuracy);
   // The trainer's own evaluation task agrees with the free function.
   auto eval = trainer->Evaluate(Input(trained));
   ASSERT_OK(eval.status());
