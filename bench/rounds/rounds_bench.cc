@@ -21,6 +21,8 @@
 #include <sstream>
 #include <thread>
 
+#include <spdlog/spdlog.h>
+
 #include "harness.h"
 #include "protocol/blob_stream.h"
 
@@ -109,8 +111,8 @@ double RunFloor(int n, uint64_t params, int rounds) {
     keys.push_back(*GenerateKeyPair());
     so.principals.push_back({"site" + std::to_string(i), proto::Role::kSite, keys.back().public_key});
   }
-  auto server = std::move(*proto::Server::Bind(so));
-  auto store = std::move(*BlobStore::Open(dir / "server"));
+  auto server = proto::Server::Bind(so).value();
+  auto store = BlobStore::Open(dir / "server").value();
   proto::StreamOptions stream;  // the sites' defaults: 4 MiB chunks, window 4
   proto::BlobSender sender(*store, stream);
   proto::BlobReceiver receiver(*store, stream);

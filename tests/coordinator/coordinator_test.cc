@@ -399,6 +399,32 @@ TEST(Coordinator, ResumesAfterKillWithoutRetrainingStoredUpdates) {
   EXPECT_EQ(Status(*alice, job).rounds.size(), 1u);
 }
 
+TEST(Coordinator, KeepsCheckpointsAndUpdatesPerRetention) {
+  Harness h({.sites = 2, .keep_updates_rounds = 1, .keep_checkpoints = 1});
+  h.Start();
+  auto s0 = h.MakeSite(0);
+  auto s1 = h.MakeSite(1);
+  auto alice = h.Alice();
+  std::string job = SubmitOk(*alice, h, Harness::JobToml("retention", 3, 2, 60));
+  ASSERT_TRUE(WaitJobState(*alice, job, proto::JobState::kSucceeded, 60s)) << h.Log();
+  EXPECT_FALSE(alice->Fetch(job, 1u).ok()) << "round 1's checkpoint is past keep_checkpoints";
+  EXPECT_FALSE(alice->Fetch(job, 2u).ok());
+  EXPECT_TRUE(alice->Fetch(job, 3u).ok());
+  EXPECT_TRUE(alice->Fetch(job, 0u).ok()) << "the initial model stays";
+  EXPECT_EQ(h.Stop(), 0);
+  auto store = coord::Store::Open(h.data_dir() / "coordinator.db");
+  ASSERT_TRUE(store.ok());
+  auto updates = (*store)->ListUpdates(job);
+  ASSERT_TRUE(updates.ok());
+  ASSERT_EQ(updates->size(), 6u);
+  auto blobs = BlobStore::Open(h.data_dir());
+  ASSERT_TRUE(blobs.ok());
+  for (const auto& u : *updates) {
+    EXPECT_EQ(u.deleted, u.round <= 2) << "round " << u.round;
+    EXPECT_EQ((*blobs)->Contains(u.update_hash), u.round == 3) << "round " << u.round;
+  }
+}
+
 TEST(Coordinator, CheckConfigValidatesAFile) {
   Harness h({.sites = 1});
   auto ok = hanse::testing::Run({(BinDir() / "hanse-coordinator").string(), "--check-config", (h.dir() / "coordinator.toml").string()},

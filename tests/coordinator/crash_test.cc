@@ -4,7 +4,8 @@
 // twice, and SQLite's integrity check clean.
 //
 // HANSE_CRASH_KILLS (default 20) sets the number of kills; HANSE_CRASH_SEED the
-// random seed (default: from the clock, printed).
+// random seed (default: from the clock, printed); HANSE_CRASH_TRAIN_MS the sites'
+// simulated training time (default 50 ms).
 #include <gtest/gtest.h>
 
 #include <map>
@@ -31,7 +32,11 @@ proto::JobStatus StatusOf(AdminClient& c, const std::string& job) {
 struct Sites {
   std::vector<std::unique_ptr<TestSite>> all;
   explicit Sites(Harness& h) {
-    for (int i = 0; i < 3; ++i) all.push_back(h.MakeSite(i, [](TestSiteOptions& o) { o.train_delay = 50ms; }));
+    // HANSE_CRASH_TRAIN_MS stretches the job so that more kills land inside it.
+    int train_ms = 50;
+    if (const char* t = std::getenv("HANSE_CRASH_TRAIN_MS")) train_ms = std::atoi(t);
+    for (int i = 0; i < 3; ++i)
+      all.push_back(h.MakeSite(i, [&](TestSiteOptions& o) { o.train_delay = std::chrono::milliseconds(train_ms); }));
   }
 };
 
@@ -91,6 +96,13 @@ TEST(CoordinatorCrash, KilledAtRandomMomentsGivesTheUninterruptedModel) {
     h.Start();
   }
   double chaos_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  uint32_t done_at_last_kill = 0;
+  try {
+    auto alice = h.Alice();
+    done_at_last_kill = StatusOf(*alice, job).summary.rounds_done;
+  } catch (const std::exception&) {
+  }
+  std::printf("crash campaign: %u of %u rounds committed at the last kill\n", done_at_last_kill, kRounds);
   std::string final_model = WaitFinalModel(h, job, 300s);
   ASSERT_FALSE(final_model.empty()) << h.Log().substr(h.Log().size() > 20000 ? h.Log().size() - 20000 : 0);
   std::printf("crash campaign: %d kills in %.1f s; final model %s\n", kills, chaos_s, final_model.c_str());
