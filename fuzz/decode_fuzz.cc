@@ -3,6 +3,7 @@
 // build and replays fuzz/corpus/decode/ through it.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <span>
 
@@ -19,6 +20,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // What decodes must re-encode to something that decodes to the same bytes.
   std::string again = hanse::proto::Encode(*decoded);
   auto twice = hanse::proto::Decode(again);
-  if (!twice.ok() || hanse::proto::Encode(*twice) != again) std::abort();
+  if (!twice.ok()) {
+    std::fprintf(stderr, "re-encoded %s does not decode: %s\n", hanse::proto::KindName(decoded->message),
+                 twice.status().ToString().c_str());
+    std::abort();
+  }
+  if (hanse::proto::Encode(*twice) != again) {
+    std::fprintf(stderr, "re-encoded %s is not stable\n", hanse::proto::KindName(decoded->message));
+    std::abort();
+  }
   return 0;
 }

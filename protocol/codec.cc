@@ -228,8 +228,16 @@ void PutBody(w::Envelope::Body::Builder b, const BlobChunk& v) {
   m.setHash(T(v.hash));
   m.setOffset(v.offset);
   m.setTotalSize(v.total_size);
-  // Referenced, not copied: the bytes are copied once, by writeMessage (as their own segment).
-  m.adoptBytes(capnp::Orphanage::getForMessageContaining(m).referenceExternalData(D(v.bytes)));
+  // Whole-word, aligned payloads (every chunk but a blob's last) are referenced,
+  // not copied: writeMessage copies them once, as their own segment. Others are
+  // copied: capnp would read the rounded-up word past the end (found by fuzzing:
+  // an empty one even produced a frame that does not decode).
+  if (!v.bytes.empty() && v.bytes.size() % sizeof(capnp::word) == 0 &&
+      reinterpret_cast<uintptr_t>(v.bytes.data()) % alignof(capnp::word) == 0) {
+    m.adoptBytes(capnp::Orphanage::getForMessageContaining(m).referenceExternalData(D(v.bytes)));
+  } else {
+    m.setBytes(D(v.bytes));
+  }
   m.setLast(v.last);
 }
 void PutBody(w::Envelope::Body::Builder b, const Update& v) {

@@ -123,6 +123,19 @@ TEST(Codec, KeepsFieldValues) {
   EXPECT_FALSE(std::get<FetchModel>(f->message).round.has_value());
 }
 
+TEST(Codec, RoundTripsChunkPayloadsOfEverySize) {
+  // Empty, odd and whole-word payloads take different encoding paths.
+  for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{4096}, size_t{4099}}) {
+    std::string bytes(n, '\0');
+    for (size_t i = 0; i < n; ++i) bytes[i] = static_cast<char>(i * 31 + 7);
+    std::string frame = Frame(BlobChunk{kHashA, 0, n, bytes, true});
+    auto d = Decode(frame);
+    ASSERT_TRUE(d.ok()) << n << ": " << d.status().ToString();
+    EXPECT_EQ(std::get<BlobChunk>(d->message).bytes, bytes) << n;
+    EXPECT_EQ(Encode(*d), frame) << n;
+  }
+}
+
 TEST(Codec, DecodesMisalignedFrame) {
   std::string frame = Frame(Hello{"v", {}, {}});
   std::vector<std::byte> buf(frame.size() + 1);
