@@ -739,7 +739,13 @@ Result<AggregateResult> Engine::Run(const WriterFactory& make_model_writer, cons
   }
   const bool wide = o_.rule == Rule::kMedian || o_.rule == Rule::kTrimmedMean || o_.rule == Rule::kKrum ||
                     o_.rule == Rule::kMultiKrum;
-  if (wide) rows_.assign(used_.size(), std::vector<float>(block_));
+  if (wide) {
+    // K rows of a block are sorted or compared pairwise many times: keep them
+    // within ~1 MiB (L2) rather than K x block_elems.
+    const size_t fit = std::max<size_t>(4096, (size_t{1} << 18) / used_.size());
+    block_ = std::min(block_, fit);
+    rows_.assign(used_.size(), std::vector<float>(block_));
+  }
   if (o_.rule == Rule::kKrum || o_.rule == Rule::kMultiKrum) {
     HANSE_RETURN_IF_ERROR(KrumSelect());
     rows_.clear();

@@ -45,7 +45,7 @@ class SumSq {
   size_t pos_ = 0;  // elements seen so far
 };
 
-// Sum over i of (a[i] - b[i])^2, in double.
+// Sum over i of (a[i] - b[i])^2: fp32 lanes, combined in double (for Krum's ranking).
 double SquaredDistance(const float* a, const float* b, size_t n);
 
 // Comparators (i < j) of Batcher's odd-even merge sort for n inputs: applying
