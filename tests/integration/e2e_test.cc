@@ -1,0 +1,233 @@
+// End to end, as a user runs it: real keys from `hanse keygen`, a real
+// hanse-coordinator and two real hanse-worker processes over CURVE on 127.0.0.1,
+// an mlp job of 3 rounds on a subset of Fashion-MNIST, driven by the `hanse` CLI.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <fstream>
+#include <sstream>
+
+#include "test_util.h"
+
+namespace hanse {
+namespace {
+
+namespace fs = std::filesystem;
+using hanse::testing::Child;
+using hanse::testing::ReadFile;
+using hanse::testing::RunResult;
+using hanse::testing::TempDir;
+using hanse::testing::WriteFile;
+using std::chrono::seconds;
+
+const char* kFashion = "/usr/share/datasets/fashion-mnist/";
+
+std::string Bin(const std::string& name) { return (hanse::testing::BinDir() / name).string(); }
+
+std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep)) out.push_back(item);
+  return out;
+}
+
+// "accuracy 0.8123 loss 0.51 examples 10000" -> 0.8123
+double ParseAccuracy(const std::string& out) {
+  auto p = out.rfind("accuracy ");
+  if (p == std::string::npos) return -1;
+  return std::stod(out.substr(p + 9));
+}
+
+class EndToEnd : public ::testing::Test {
+ protected:
+  RunResult Run(std::vector<std::string> argv, seconds limit = seconds(60)) {
+    return hanse::testing::Run(argv, dir_ / ("run-" + std::to_string(++runs_) + ".log"), limit,
+                               {"XDG_CACHE_HOME=" + (dir_ / "cache").string()});
+  }
+  RunResult Hanse(std::vector<std::string> args, const std::string& config = "client.toml",
+                  seconds limit = seconds(60)) {
+    args.insert(args.begin(), {Bin("hanse"), "--config", (dir_ / config).string()});
+    return Run(args, limit);
+  }
+  std::string Logs() {
+    std::string out;
+    for (const char* n : {"coordinator", "paris", "lyon"}) {
+      std::string text = ReadFile(dir_ / (std::string(n) + ".log"));
+      if (text.size() > 3000) text = text.substr(text.size() - 3000);
+      out += std::string("---- ") + n + ".log (tail)\n" + text + "\n";
+    }
+    return out;
+  }
+
+  void WriteConfigs(const std::string& endpoint) {
+    WriteFile(dir_ / "coordinator.toml",
+              "listen = \"" + endpoint + "\"\nkey = \"keys/coordinator.key\"\ndata_dir = \"coord\"\n"
+              "[rates]\ncpu_hour = 1.0\ngpu_hour = 2.0\ncurrency = \"EUR\"\n"
+              "[[site]]\nname = \"paris\"\npublic_key = \"keys/paris.pub\"\n"
+              "[[site]]\nname = \"lyon\"\npublic_key = \"keys/lyon.pub\"\n"
+              "[[lead]]\nname = \"alice\"\npublic_key = \"keys/alice.pub\"\n"
+              "[[admin]]\nname = \"admin\"\npublic_key = \"keys/admin.pub\"\n");
+    for (const auto& [site, share] : std::vector<std::pair<std::string, int>>{{"paris", 0}, {"lyon", 1}}) {
+      WriteFile(dir_ / ("site-" + site + ".toml"),
+                "name = \"" + site + "\"\ncoordinator = \"" + endpoint +
+                    "\"\ncoordinator_public_key = \"keys/coordinator.pub\"\nkey = \"keys/" + site +
+                    ".key\"\ndata_dir = \"" + site + "\"\naudit_log = \"" + site +
+                    "/audit.log\"\nthreads = 1\n"
+                    "[datasets.fashion-mnist]\nformat = \"idx\"\n"
+                    "train_images = \"" + kFashion + "train-images-idx3-ubyte.gz\"\n"
+                    "train_labels = \"" + kFashion + "train-labels-idx1-ubyte.gz\"\n"
+                    "test_images = \"" + kFashion + "t10k-images-idx3-ubyte.gz\"\n"
+                    "test_labels = \"" + kFashion + "t10k-labels-idx1-ubyte.gz\"\n"
+                    "max_train_examples = 3000\nmax_test_examples = 1000\n"
+                    "[datasets.fashion-mnist.partition]\nkind = \"dirichlet\"\nalpha = 0.5\nseed = 7\n"
+                    "num_shares = 2\nshare = " + std::to_string(share) + "\n"
+                    "[policy]\nleads = [\"alice\"]\narchitectures = [\"mlp\"]\ndatasets = [\"fashion-mnist\"]\n"
+                    "max_epochs = 5\n[policy.models]\ne2e-mlp = \"\"\n");
+    }
+    WriteFile(dir_ / "job.toml",
+              "name = \"e2e\"\ninitial_model = \"models/e2e-mlp.safetensors\"\narchitecture = \"mlp\"\n"
+              "hidden = [64]\ndataset = \"fashion-mnist\"\nrounds = 3\nmin_sites = 2\nsites = [\"paris\", \"lyon\"]\n"
+              "round_deadline_s = 120\nmax_retries = 1\nevaluate = true\nseed = 3\n"
+              "[strategy]\nrule = \"fedavg\"\n"
+              "[training]\nepochs = 1\nbatch_size = 32\noptimizer = \"sgd\"\nlr = 0.05\nmomentum = 0.9\n");
+    auto client = [&](const std::string& me) {
+      return "coordinator = \"" + endpoint + "\"\ncoordinator_public_key = \"keys/coordinator.pub\"\nkey = \"keys/" +
+             me + ".key\"\n";
+    };
+    WriteFile(dir_ / "client.toml", client("alice"));
+    WriteFile(dir_ / "admin.toml", client("admin"));
+  }
+
+  void StopAll() {
+    for (auto* c : {&paris_, &lyon_, &coordinator_}) c->Signal(SIGTERM);
+    for (auto* c : {&paris_, &lyon_, &coordinator_}) {
+      if (c->pid() > 0 && !c->Wait(seconds(20))) {
+        ADD_FAILURE() << "pid " << c->pid() << " ignored SIGTERM for 20 s";
+        c->Signal(SIGKILL);
+      }
+    }
+  }
+  void TearDown() override { StopAll(); }
+
+  TempDir dir_;
+  int runs_ = 0;
+  Child coordinator_, paris_, lyon_;
+};
+
+TEST_F(EndToEnd, ThreeRoundsOfFedAvgOverTwoSites) {
+  for (const char* exe : {"hanse", "hanse-coordinator", "hanse-worker"}) {
+    ASSERT_TRUE(fs::exists(Bin(exe))) << Bin(exe) << " is not built";
+  }
+  for (const char* name : {"coordinator", "alice", "admin", "paris", "lyon"}) {
+    auto r = Run({Bin("hanse"), "keygen", name, "--out", (dir_ / "keys").string()});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  std::string endpoint = "tcp://127.0.0.1:" + std::to_string(hanse::testing::FreePort());
+  WriteConfigs(endpoint);
+  fs::create_directories(dir_ / "models");
+  auto init = Run({Bin("hanse-worker"), "init-model", "--arch", "mlp", "--hidden", "64", "--seed", "3", "-o",
+                   (dir_ / "models" / "e2e-mlp.safetensors").string()});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+
+  coordinator_ = Child::Start({Bin("hanse-coordinator"), "--config", (dir_ / "coordinator.toml").string()},
+                              dir_ / "coordinator.log");
+  ASSERT_TRUE(hanse::testing::WaitFor(
+      [&] { return coordinator_.Running() && Hanse({"--connect-timeout", "1", "jobs"}).exit_code == 0; },
+      seconds(30)))
+      << Logs();
+  paris_ = Child::Start({Bin("hanse-worker"), "--config", (dir_ / "site-paris.toml").string()}, dir_ / "paris.log",
+                        {"OMP_NUM_THREADS=1"});
+  lyon_ = Child::Start({Bin("hanse-worker"), "--config", (dir_ / "site-lyon.toml").string()}, dir_ / "lyon.log",
+                       {"OMP_NUM_THREADS=1"});
+  ASSERT_TRUE(hanse::testing::WaitFor(
+      [&] {
+        auto r = Hanse({"sites"}, "admin.toml");
+        size_t n = 0;
+        for (size_t p = r.output.find(" connected "); p != std::string::npos; p = r.output.find(" connected ", p + 1)) ++n;
+        return n == 2;
+      },
+      seconds(90)))
+      << Logs();
+
+  // Submit and watch to the end.
+  auto sub = Hanse({"submit", (dir_ / "job.toml").string()});
+  ASSERT_EQ(sub.exit_code, 0) << sub.output << Logs();
+  auto lines = Split(sub.output, '\n');
+  ASSERT_FALSE(lines.empty());
+  std::string job = lines.back();
+  auto watch = Hanse({"watch", job, "--max-wait", "400"}, "client.toml", seconds(420));
+  ASSERT_EQ(watch.exit_code, 0) << watch.output << Logs();
+  EXPECT_NE(watch.output.find("round 3/3 committed"), std::string::npos) << watch.output;
+  EXPECT_NE(watch.output.find("succeeded"), std::string::npos) << watch.output;
+
+  // Accuracy rises: the final model beats the initial one on the 10,000 test images.
+  auto fetch = Hanse({"fetch", job, "-o", (dir_ / "final.safetensors").string()});
+  ASSERT_EQ(fetch.exit_code, 0) << fetch.output << Logs();
+  auto fetch0 = Hanse({"fetch", job, "--round", "0", "-o", (dir_ / "initial.safetensors").string()});
+  ASSERT_EQ(fetch0.exit_code, 0) << fetch0.output << Logs();
+  EXPECT_EQ(ReadFile(dir_ / "initial.safetensors"), ReadFile(dir_ / "models" / "e2e-mlp.safetensors"))
+      << "round 0 is the uploaded initial model, byte for byte";
+  double acc[2];
+  for (int i = 0; i < 2; ++i) {
+    auto ev = Run({Bin("hanse-worker"), "evaluate", "--arch", "mlp", "--hidden", "64", "--model",
+                   (dir_ / (i ? "final.safetensors" : "initial.safetensors")).string()},
+                  seconds(120));
+    ASSERT_EQ(ev.exit_code, 0) << ev.output;
+    acc[i] = ParseAccuracy(ev.output);
+  }
+  EXPECT_GT(acc[1], acc[0] + 0.2) << "initial " << acc[0] << ", final " << acc[1];
+  EXPECT_GT(acc[1], 0.6);
+
+  // The report holds every round, and federated accuracy rises over the rounds.
+  auto report = Hanse({"report", job, "-o", (dir_ / "report").string()});
+  ASSERT_EQ(report.exit_code, 0) << report.output;
+  EXPECT_TRUE(fs::exists(dir_ / "report" / "report.html"));
+  EXPECT_NE(ReadFile(dir_ / "report" / "report.html").find("data:image/svg+xml;base64,"), std::string::npos);
+  auto rounds = Split(ReadFile(dir_ / "report" / "rounds.csv"), '\n');
+  ASSERT_EQ(rounds.size(), 4u) << ReadFile(dir_ / "report" / "rounds.csv");
+  std::vector<double> round_acc;
+  for (size_t i = 1; i < rounds.size(); ++i) {
+    auto cells = Split(rounds[i], ',');
+    ASSERT_GE(cells.size(), 7u) << rounds[i];
+    EXPECT_EQ(cells[0], std::to_string(i));
+    ASSERT_FALSE(cells[6].empty()) << "round " << i << " has no federated evaluation";
+    round_acc.push_back(std::stod(cells[6]));
+  }
+  EXPECT_GT(round_acc.back(), round_acc.front()) << ReadFile(dir_ / "report" / "rounds.csv");
+  auto site_rows = Split(ReadFile(dir_ / "report" / "sites.csv"), '\n');
+  EXPECT_EQ(site_rows.size(), 1u + 3 * 2) << ReadFile(dir_ / "report" / "sites.csv");
+
+  // The ledger has one row per task: the coordinator's task count for the job
+  // equals the tasks the sites recorded in their own ledgers.
+  auto usage = Hanse({"usage", "--by", "job", "--csv"}, "admin.toml");
+  ASSERT_EQ(usage.exit_code, 0) << usage.output;
+  uint64_t coordinator_tasks = 0;
+  for (const auto& row : Split(usage.output, '\n')) {
+    auto cells = Split(row, ',');
+    if (cells.size() >= 2 && cells[0] == job) coordinator_tasks = std::stoull(cells[1]);
+  }
+  uint64_t site_tasks = 0;
+  for (const char* site : {"paris", "lyon"}) {
+    for (const auto& line : Split(ReadFile(dir_ / site / "ledger.jsonl"), '\n')) {
+      if (line.find("\"" + job + "\"") != std::string::npos) ++site_tasks;
+    }
+  }
+  EXPECT_GE(coordinator_tasks, 6u) << usage.output;
+  EXPECT_EQ(coordinator_tasks, site_tasks) << usage.output;
+  auto by_site = Hanse({"usage"}, "admin.toml");
+  EXPECT_EQ(by_site.exit_code, 0) << by_site.output;
+  EXPECT_NE(by_site.output.find("paris"), std::string::npos) << by_site.output;
+  EXPECT_NE(by_site.output.find("lyon"), std::string::npos) << by_site.output;
+
+  // Each site's audit log verifies.
+  auto audit = Run({Bin("hanse"), "audit", "verify", (dir_ / "paris" / "audit.log").string(),
+                    (dir_ / "lyon" / "audit.log").string()});
+  EXPECT_EQ(audit.exit_code, 0) << audit.output;
+  size_t oks = 0;
+  for (size_t p = audit.output.find("audit ok"); p != std::string::npos; p = audit.output.find("audit ok", p + 1)) ++oks;
+  EXPECT_EQ(oks, 2u) << audit.output;
+}
+
+}  // namespace
+}  // namespace hanse
