@@ -4,6 +4,7 @@
 //
 //   bench_train [--arch mlp|cnn|both] [--mlp-examples N] [--cnn-examples N]
 //               [--threads T] [--batch B] [--repeats R] [--python /usr/bin/python3]
+//               [--malloc-heap]
 //
 // hanse's figure is one whole Train() call: read the global model (safetensors),
 // train one epoch, write the update (the time to load, train and package one
@@ -149,10 +150,22 @@ int RunArch(const Options& o, const std::string& arch, const hanse::site::Datase
 int main(int argc, char** argv) {
   // One BLAS thread per torch thread (TOOLCHAIN.md): OpenBLAS reads this at
   // load time, so set it and re-exec; the reference inherits the same value.
+  bool reexec = false;
   if (!std::getenv("OPENBLAS_NUM_THREADS")) {
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
-    execv("/proc/self/exe", argv);
+    reexec = true;
   }
+  // --malloc-heap: both processes take big blocks from the heap instead of
+  // fresh mmap()s, whose first-touch page faults are costly on these VMs
+  // (TOOLCHAIN.md). glibc reads these at start, hence the re-exec.
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--malloc-heap") == 0 && !std::getenv("MALLOC_MMAP_THRESHOLD_")) {
+      setenv("MALLOC_MMAP_THRESHOLD_", "1073741824", 1);
+      setenv("MALLOC_TRIM_THRESHOLD_", "1073741824", 1);
+      reexec = true;
+    }
+  }
+  if (reexec) execv("/proc/self/exe", argv);
   Options o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -164,9 +177,10 @@ int main(int argc, char** argv) {
     else if (a == "--batch") o.batch = static_cast<uint32_t>(std::stoul(next()));
     else if (a == "--repeats") o.repeats = std::stoi(next());
     else if (a == "--python") o.python = next();
+    else if (a == "--malloc-heap") continue;
     else {
       std::cerr << "usage: bench_train [--arch mlp|cnn|both] [--mlp-examples N] [--cnn-examples N] [--threads T]"
-                   " [--batch B] [--repeats R] [--python PATH]\n";
+                   " [--batch B] [--repeats R] [--python PATH] [--malloc-heap]\n";
       return 2;
     }
   }
@@ -186,8 +200,10 @@ int main(int argc, char** argv) {
   if (!mkdtemp(tmpl)) return 1;
   const fs::path dir = tmpl;
   std::printf("bench/train: Fashion-MNIST (60000 train images, gzip IDX load %.2f s), batch %u, SGD lr 0.05, "
-              "1 epoch, %d torch threads, OPENBLAS_NUM_THREADS=%s, best of %d\n",
-              load_s, o.batch, o.threads, std::getenv("OPENBLAS_NUM_THREADS"), o.repeats);
+              "1 epoch, %d torch threads, OPENBLAS_NUM_THREADS=%s, malloc %s, best of %d\n",
+              load_s, o.batch, o.threads, std::getenv("OPENBLAS_NUM_THREADS"),
+              std::getenv("MALLOC_MMAP_THRESHOLD_") ? "heap (MALLOC_MMAP_THRESHOLD_=1 GiB)" : "glibc default",
+              o.repeats);
   std::printf("%-5s %8s %14s %14s %8s %12s %12s %11s %11s\n", "arch", "examples", "hanse samp/s", "torch samp/s",
               "ratio", "hanse s", "torch s", "hanse loss", "torch loss");
   int rc = 0;
