@@ -85,6 +85,34 @@ TEST(LoadDataset, FashionMnistWithSeparateTestFilesAndCaps) {
   EXPECT_EQ(again->train.features, d->train.features);
 }
 
+// The demo's setup: three sites, one Dirichlet share each of the same files.
+TEST(LoadDataset, FashionMnistDirichletSharesPartitionTrainAndTest) {
+  if (!HaveFashion()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  DatasetConfig c;
+  c.name = "fashion-mnist";
+  c.format = "idx";
+  c.train_images = kFashion / "train-images-idx3-ubyte.gz";
+  c.train_labels = kFashion / "train-labels-idx1-ubyte.gz";
+  c.test_images = kFashion / "t10k-images-idx3-ubyte.gz";
+  c.test_labels = kFashion / "t10k-labels-idx1-ubyte.gz";
+  c.partition.kind = PartitionConfig::Kind::kDirichlet;
+  c.partition.alpha = 0.5;
+  c.partition.seed = 2026;
+  c.partition.num_shares = 3;
+  uint64_t train = 0, test = 0;
+  for (uint32_t share = 0; share < 3; ++share) {
+    c.partition.share = share;
+    auto d = LoadDataset(c);
+    ASSERT_OK(d.status());
+    EXPECT_GT(d->train.size(), 0u);
+    EXPECT_EQ(d->num_classes, 10);
+    train += d->train.size();
+    test += d->test.size();
+  }
+  EXPECT_EQ(train, 60000u);
+  EXPECT_EQ(test, 10000u);
+}
+
 TEST(LoadIdx, RawAndGzipGiveTheSameSamples) {
   TempDir dir;
   WriteFile(dir / "img", IdxImages(7));
