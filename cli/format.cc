@@ -212,18 +212,25 @@ std::string FormatUsage(const proto::UsageReport& report, proto::UsageGroup by) 
   std::string key = UsageGroupName(by);
   for (auto& c : key) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   std::string cost = "COST (" + (report.currency.empty() ? std::string("EUR") : report.currency) + ")";
-  std::vector<std::vector<std::string>> rows;
   uint64_t tasks = 0;
   double cpu = 0, gpu = 0, total = 0;
   for (const auto& r : report.rows) {
-    rows.push_back({r.key, std::to_string(r.tasks), Fixed(r.cpu_hours, 4), Fixed(r.gpu_hours, 4), Fixed(r.cost, 2)});
     tasks += r.tasks;
     cpu += r.cpu_hours;
     gpu += r.gpu_hours;
     total += r.cost;
   }
-  rows.push_back({"total", std::to_string(tasks), Fixed(cpu, 4), Fixed(gpu, 4), Fixed(total, 2)});
-  return FormatTable({key, "TASKS", "CPU HOURS", "GPU HOURS", cost}, rows, {false, true, true, true, true});
+  // Short demo jobs cost fractions of a cent: show enough digits to see them.
+  int cost_digits = total < 1.0 ? 4 : 2;
+  std::vector<std::vector<std::string>> rows;
+  auto row = [&](const std::string& k, uint64_t n, double c, double g, double money) {
+    rows.push_back({k, std::to_string(n), FormatDuration(c * 3600), FormatDuration(g * 3600), Fixed(c, 4),
+                    Fixed(g, 4), Fixed(money, cost_digits)});
+  };
+  for (const auto& r : report.rows) row(r.key, r.tasks, r.cpu_hours, r.gpu_hours, r.cost);
+  row("total", tasks, cpu, gpu, total);
+  return FormatTable({key, "TASKS", "CPU TIME", "GPU TIME", "CPU HOURS", "GPU HOURS", cost}, rows,
+                     {false, true, true, true, true, true, true});
 }
 
 std::string UsageCsv(const proto::UsageReport& report, proto::UsageGroup by) {

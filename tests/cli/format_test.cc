@@ -55,7 +55,12 @@ TEST(FormatUsage, EndsWithATotalRow) {
   std::string t = FormatUsage(rep, proto::UsageGroup::kSite);
   EXPECT_NE(t.find("SITE"), std::string::npos);
   EXPECT_NE(t.find("COST (EUR)"), std::string::npos);
-  EXPECT_NE(t.find("total       5     0.7500     0.0000        1.75"), std::string::npos) << t;
+  EXPECT_NE(t.find("total       5   45m 00s      0.0s     0.7500     0.0000        1.75"), std::string::npos) << t;
+  proto::UsageReport tiny;
+  tiny.rows = {{"job-1", 12, 0.000109, 0.0, 0.0001}};
+  std::string small = FormatUsage(tiny, proto::UsageGroup::kJob);
+  EXPECT_NE(small.find("0.0001\n"), std::string::npos) << "fractions of a cent stay visible:\n" << small;
+  EXPECT_NE(small.find("0.4s"), std::string::npos) << small;
   std::string csv = UsageCsv(rep, proto::UsageGroup::kLead);
   EXPECT_EQ(csv.substr(0, csv.find('\n')), "lead,tasks,cpu_hours,gpu_hours,cost,currency");
   EXPECT_NE(csv.find("paris,3,0.500000,0.000000,1.2500,EUR\n"), std::string::npos) << csv;
