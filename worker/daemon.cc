@@ -538,6 +538,12 @@ struct Daemon::Impl {
     }
   }
 
+  static std::string JobOf(const PendingResult& p) {
+    if (const auto* u = std::get_if<proto::Update>(&p.envelope.message)) return u->job_id;
+    if (const auto* e = std::get_if<proto::EvaluationResult>(&p.envelope.message)) return e->job_id;
+    return "";
+  }
+
   // Which pending result an Ack/Reject is about: its ref, or the message it answers.
   std::string PendingFor(const proto::Envelope& env, const std::string& ref) const {
     if (pending.count(ref)) return ref;
@@ -552,6 +558,7 @@ struct Daemon::Impl {
     const PendingResult& p = pending.at(task_id);
     AuditRecord r;
     r.event = "result_acked";
+    r.job_id = JobOf(p);
     r.task_id = task_id;
     r.update_hash = p.update_hash;
     r.detail = ack.text;
@@ -570,6 +577,7 @@ struct Daemon::Impl {
       const PendingResult& p = pending.at(task_id);
       AuditRecord r;
       r.event = "result_rejected";
+      r.job_id = JobOf(p);
       r.task_id = task_id;
       r.update_hash = p.update_hash;
       r.reason = ReasonText(rej.code);

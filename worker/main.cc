@@ -3,7 +3,8 @@
 //   hanse-worker --config site.toml [--log-format text|json] [--log-level L] [--new-audit-log]
 //   hanse-worker --check-config site.toml
 //   hanse-worker init-model --arch cnn|mlp [--hidden 256,128] [--in-features 784] [--classes 10] --seed N -o FILE
-//   hanse-worker evaluate --arch cnn --model M.safetensors [--images F --labels F] [--threads N]
+//   hanse-worker evaluate --arch cnn --model M.safetensors [--images F --labels F | --config site.toml --dataset NAME]
+//                         [--threads N]
 //
 // CLI11 stays in this file (it costs ~10 s per translation unit).
 #include <signal.h>
@@ -114,6 +115,8 @@ int RunDaemon(const std::string& file, const std::string& log_format, const std:
 
 int InitModelCommand(const std::string& arch, const std::vector<uint32_t>& hidden, int64_t in_features,
                      int64_t classes, uint64_t seed, const std::string& out) {
+  std::error_code ec;
+  if (fs::path(out).has_parent_path()) fs::create_directories(fs::path(out).parent_path(), ec);
   Status st = train::InitModel(arch, hidden, in_features, classes, seed, out);
   if (!st.ok()) return Fail(st);
   auto bytes = ReadWholeFile(out);
@@ -123,12 +126,30 @@ int InitModelCommand(const std::string& arch, const std::vector<uint32_t>& hidde
   return 0;
 }
 
+// Evaluates on IDX files, or on the test split of a dataset of a site config
+// (`site_config` + `dataset`, partition and caps applied as the daemon would).
 int EvaluateCommand(const std::string& arch, const std::vector<uint32_t>& hidden, const std::string& model,
-                    const std::string& images, const std::string& labels, int threads) {
+                    const std::string& images, const std::string& labels, const std::string& site_config,
+                    const std::string& dataset, int threads) {
   std::vector<int64_t> shape;
-  auto split = LoadIdx(images, labels, &shape);
-  if (!split.ok()) return Fail(split.status());
-  auto out = train::EvaluateModel(arch, hidden, model, *split, shape, threads);
+  Split split;
+  if (!site_config.empty()) {
+    auto config = LoadSiteConfig(site_config);
+    if (!config.ok()) return Fail(config.status());
+    auto it = config->datasets.find(dataset);
+    if (it == config->datasets.end()) {
+      return Fail(Status::NotFound(site_config + ": no dataset \"" + dataset + "\" (use --dataset NAME)"));
+    }
+    auto ds = LoadDataset(it->second);
+    if (!ds.ok()) return Fail(ds.status());
+    shape = ds->sample_shape;
+    split = std::move(ds->test);
+  } else {
+    auto loaded = LoadIdx(images, labels, &shape);
+    if (!loaded.ok()) return Fail(loaded.status());
+    split = std::move(loaded).value();
+  }
+  auto out = train::EvaluateModel(arch, hidden, model, split, shape, threads);
   if (!out.ok()) return Fail(out.status());
   std::printf("accuracy %.4f loss %.4f examples %llu\n", out->accuracy, out->loss,
               static_cast<unsigned long long>(out->examples));
@@ -176,6 +197,9 @@ int main(int argc, char** argv) {
   eval->add_option("--model", eval_model, "model .safetensors")->required();
   eval->add_option("--images", images, "IDX images (raw or .gz); default: Debian's Fashion-MNIST test set");
   eval->add_option("--labels", labels, "IDX labels (raw or .gz)");
+  std::string eval_config, eval_dataset;
+  auto* eval_config_opt = eval->add_option("--config", eval_config, "site config: evaluate on a dataset's test split");
+  eval->add_option("--dataset", eval_dataset, "dataset name in --config")->needs(eval_config_opt);
   eval->add_option("--threads", threads, "intra-op threads")->check(CLI::Range(1, 1024));
 
   CLI11_PARSE(app, argc, argv);
@@ -184,7 +208,8 @@ int main(int argc, char** argv) {
     return hanse::site::InitModelCommand(init_arch, init_hidden, in_features, classes, seed, init_out);
   }
   if (eval->parsed()) {
-    return hanse::site::EvaluateCommand(eval_arch, eval_hidden, eval_model, images, labels, threads);
+    return hanse::site::EvaluateCommand(eval_arch, eval_hidden, eval_model, images, labels, eval_config,
+                                        eval_dataset, threads);
   }
   if (!check_file.empty()) return hanse::site::CheckConfig(check_file);
   if (config_file.empty()) {
