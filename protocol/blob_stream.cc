@@ -146,10 +146,10 @@ Result<std::vector<BlobRequest>> BlobReceiver::OnChunk(
   }
   auto& t = it->second;
   if (chunk.total_size != t.size) {
-    std::string hash = chunk.hash;
+    Status st = Status::Corruption("blob " + chunk.hash + ": sender says " + std::to_string(chunk.total_size) +
+                                   " bytes, expected " + std::to_string(t.size));
     im.active.erase(it);
-    return Status::Corruption("blob " + hash + ": sender says " + std::to_string(chunk.total_size) +
-                              " bytes, expected " + std::to_string(t.size));
+    return st;
   }
   if (chunk.offset != t.received) {
     // A duplicate or a chunk from before a Resume(): already handled or re-requested.
@@ -159,10 +159,10 @@ Result<std::vector<BlobRequest>> BlobReceiver::OnChunk(
   uint64_t n = chunk.bytes.size();
   bool ends = chunk.offset + n == t.size;
   if (chunk.last != ends || (n == 0 && !ends)) {
-    std::string hash = chunk.hash;
+    Status st = Status::Corruption("blob " + chunk.hash + ": chunk at " + std::to_string(chunk.offset) + " of " +
+                                   std::to_string(n) + " bytes is inconsistent with its last flag");
     im.active.erase(it);
-    return Status::Corruption("blob " + hash + ": chunk at " + std::to_string(chunk.offset) + " of " +
-                              std::to_string(n) + " bytes is inconsistent with its last flag");
+    return st;
   }
   // One credit back per chunk taken off the wire.
   std::vector<BlobRequest> out;
