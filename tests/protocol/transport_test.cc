@@ -297,7 +297,9 @@ TEST_F(TransportTest, BadFramesAreRefusedWithReasonAndServerKeepsServing) {
   }
   long growth = RssKb() - rss_before;
   std::printf("RSS growth over 90 rounds of 4 bad frames: %ld KiB\n", growth);
-  if (kRssMeaningful) EXPECT_LT(growth, 8 * 1024);
+  if (kRssMeaningful) {
+    EXPECT_LT(growth, 8 * 1024);
+  }
   // Still serving.
   peer.Send(valid);
   auto in = ServerReceive();
@@ -354,7 +356,9 @@ TEST_F(TransportTest, OversizeFrameDisconnectsThePeerAndServerKeepsServing) {
   }
   long growth = RssKb() - rss_before;
   std::printf("RSS growth over 90 oversize frames: %ld KiB\n", growth);
-  if (kRssMeaningful) EXPECT_LT(growth, 16 * 1024);
+  if (kRssMeaningful) {
+    EXPECT_LT(growth, 16 * 1024);
+  }
   // The well-behaved client is still served.
   ASSERT_OK(client->Send(Env(Heartbeat{})));
   std::optional<Incoming> in;
