@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <deque>
 #include <optional>
 #include <set>
 #include <thread>
@@ -116,6 +117,11 @@ struct Daemon::Impl {
   std::unique_ptr<ActiveTask> active;
   std::map<std::string, PendingResult> pending;   // by task id
   std::map<uint64_t, std::string> sent_ids;       // message id of a sent result -> task id
+  // Global models pulled for recent tasks, newest last. A round's evaluated model
+  // is the next round's starting model, so the last few are kept; older ones are
+  // removed so the site's disk does not grow with the number of rounds.
+  std::deque<std::string> recent_models;
+  static constexpr size_t kKeepModels = 2;
 
   // ------------------------------------------------------------ helpers
 
@@ -233,9 +239,28 @@ struct Daemon::Impl {
     if (it == pending.end()) return;
     std::error_code ec;
     fs::remove(it->second.file, ec);
+    // The coordinator stored it (or will never take it): the site keeps only the
+    // hash, in the audit log.
+    if (!it->second.update_hash.empty()) {
+      Status st = parts.store->Remove(it->second.update_hash);
+      if (!st.ok() && st.code() != Code::kNotFound) spdlog::warn("removing update blob: {}", st.ToString());
+    }
     pending.erase(it);
     for (auto s = sent_ids.begin(); s != sent_ids.end();) {
       s = s->second == task_id ? sent_ids.erase(s) : std::next(s);
+    }
+  }
+
+  // Called when a task ends (whatever the outcome) with the model it used.
+  void RetireModel(const std::string& hash) {
+    if (hash.empty()) return;
+    recent_models.erase(std::remove(recent_models.begin(), recent_models.end(), hash), recent_models.end());
+    recent_models.push_back(hash);
+    while (recent_models.size() > kKeepModels) {
+      const std::string old = recent_models.front();
+      recent_models.pop_front();
+      Status st = parts.store->Remove(old);
+      if (!st.ok() && st.code() != Code::kNotFound) spdlog::warn("removing model blob {}: {}", old, st.ToString());
     }
   }
 
@@ -411,9 +436,11 @@ struct Daemon::Impl {
     r.reason = ReasonText(reason);
     r.detail = text;
     std::string task_id = a.task.task_id;
+    std::string model_hash = a.task.model_hash;
     std::error_code ec;
     if (!a.out_file.empty()) fs::remove(a.out_file, ec);
     active.reset();
+    RetireModel(model_hash);
     HANSE_RETURN_IF_ERROR(Audit(r));
     (void)Send(proto::Reject{reason, text, task_id});
     return Status::Ok();
@@ -483,7 +510,9 @@ struct Daemon::Impl {
                    u.update_hash.substr(0, 12), u.update_size);
       std::string task_id = a.task.task_id;
       std::string update_hash = u.update_hash;
+      std::string model_hash = a.task.model_hash;
       active.reset();
+      RetireModel(model_hash);
       return AddPending(std::move(u), task_id, update_hash);
     }
     Result<EvalOutput>& res = *a.eval_result;
@@ -506,7 +535,9 @@ struct Daemon::Impl {
     spdlog::info("task {} evaluated: accuracy {:.4f} loss {:.4f} on {} examples", e.task_id, e.accuracy, e.loss,
                  e.examples);
     std::string task_id = a.task.task_id;
+    std::string model_hash = a.task.model_hash;
     active.reset();
+    RetireModel(model_hash);
     return AddPending(std::move(e), task_id, "");
   }
 

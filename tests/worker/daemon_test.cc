@@ -399,9 +399,11 @@ TEST_F(DaemonTest, TrainsATaskAndKeepsTheUpdateUntilAcknowledged) {
   ASSERT_NE((*update)->Find("w"), nullptr);
 
   EXPECT_FALSE(PendingEmpty()) << "kept on disk until acknowledged";
+  EXPECT_TRUE(store_->Contains(u->update_hash));
   ASSERT_OK(coordinator_->Send(proto::Ack{u->task_id, "stored"}));
   EXPECT_TRUE(WaitFor([&] { return PendingEmpty(); }, 10s));
   StopDaemon();
+  EXPECT_FALSE(store_->Contains(u->update_hash)) << "acknowledged updates leave the site's store";
   ASSERT_OK(run_status_);
 
   EXPECT_EQ(AuditEvents(), (std::vector<std::string>{"start", "task", "update_sent", "result_acked", "stop"}));
@@ -540,6 +542,28 @@ TEST_F(DaemonTest, ResultOwedAtRestartIsResent) {
   EXPECT_TRUE(WaitFor([&] { return PendingEmpty(); }, 10s));
   StopDaemon();
   EXPECT_OK(VerifyAuditLog(config_.audit_log).status());
+}
+
+TEST_F(DaemonTest, KeepsOnlyTheLastTwoModels) {
+  StartDaemon();
+  ASSERT_TRUE(coordinator_->Handshake());
+  std::vector<std::string> models;
+  for (int i = 0; i < 3; ++i) {
+    auto h = coordinator_->store().Put(std::string(2000 + i, static_cast<char>('a' + i)));
+    ASSERT_OK(h.status());
+    models.push_back(*h);
+    auto t = TrainTask("t" + std::to_string(i));
+    t.model_hash = *h;
+    t.model_size = 2000 + i;
+    ASSERT_OK(coordinator_->Send(t));
+    auto u = coordinator_->Expect<proto::Update>();
+    ASSERT_TRUE(u);
+    ASSERT_OK(coordinator_->Send(proto::Ack{u->task_id, ""}));
+  }
+  EXPECT_TRUE(WaitFor([&] { return PendingEmpty(); }, 10s));
+  EXPECT_FALSE(store_->Contains(models[0]));
+  EXPECT_TRUE(store_->Contains(models[1]));
+  EXPECT_TRUE(store_->Contains(models[2]));
 }
 
 TEST_F(DaemonTest, ServesOnlyItsOwnUpdates) {
