@@ -49,7 +49,9 @@ struct CoordResult {
 };
 
 CoordResult RunCoordinator(int n, uint64_t params, int rounds) {
-  Harness h({.sites = n, .heartbeat_ms = 1000, .heartbeat_timeout_ms = 10000});
+  // Long heartbeat timeouts: on a loaded 2-core machine, ZMTP pings queue behind
+  // megabytes of CURVE chunks and would drop the connections.
+  Harness h({.sites = n, .heartbeat_ms = 1000, .heartbeat_timeout_ms = 120000});
   h.Start();
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> peak{0};
@@ -62,7 +64,11 @@ CoordResult RunCoordinator(int n, uint64_t params, int rounds) {
     }
   });
   std::vector<std::unique_ptr<TestSite>> sites;
-  for (int i = 0; i < n; ++i) sites.push_back(h.MakeSite(i));
+  for (int i = 0; i < n; ++i)
+    sites.push_back(h.MakeSite(i, [](TestSiteOptions& o) {
+      o.heartbeat = 1000ms;
+      o.heartbeat_timeout = 120000ms;
+    }));
   auto alice = h.Alice();
   auto model = h.WriteModel(params);
   // One warm-up round: its commit starts the clock.
@@ -106,6 +112,7 @@ double RunFloor(int n, uint64_t params, int rounds) {
   so.endpoint = "tcp://127.0.0.1:0";
   so.secret_key = server_keys.secret_key;
   so.public_key = server_keys.public_key;
+  so.tuning.heartbeat_timeout = 120000ms;
   std::vector<KeyPair> keys;
   for (int i = 0; i < n; ++i) {
     keys.push_back(*GenerateKeyPair());
@@ -127,6 +134,7 @@ double RunFloor(int n, uint64_t params, int rounds) {
     o.keys = keys[i];
     o.data_dir = dir / ("site" + std::to_string(i));
     o.heartbeat = 1000ms;
+    o.heartbeat_timeout = 120000ms;
     sites.push_back(std::make_unique<TestSite>(o));
     sites.back()->Start();
   }
@@ -144,6 +152,7 @@ double RunFloor(int n, uint64_t params, int rounds) {
   int round = 0;
   auto start_round = [&] {
     done = 0;
+    uint64_t k = 0;
     for (auto& [name, peer] : peers) {
       proto::Task t;
       t.task_id = "floor/" + std::to_string(round) + "/" + name;
@@ -151,11 +160,22 @@ double RunFloor(int n, uint64_t params, int rounds) {
       t.round = static_cast<uint32_t>(round);
       t.model_hash = model;
       t.model_size = *store->Size(model);
-      t.seed = static_cast<uint64_t>(round) * 1000 + peers.size();
+      t.seed = static_cast<uint64_t>(round) * 100000 + k++;  // distinct updates, as real sites send
       send(peer, t);
     }
   };
   auto deadline = Clock::now() + std::chrono::minutes(30);
+  auto on_complete = [&](const proto::PeerId& peer, const std::string& hash) {
+    send(peer, proto::Ack{pulling[hash], ""});
+    if (++done == n) {
+      // A new global model, written durably like the coordinator's.
+      auto next_model = MakeSyntheticUpdate(*store, store->PathOf(model), 424242 + round, UpdateMode::kGood);
+      model = next_model->first;
+      ends.push_back(Clock::now());
+      ++round;
+      if (round <= rounds) start_round();
+    }
+  };
   while (round <= rounds && Clock::now() < deadline) {
     auto in = server->Receive(20ms);
     if (!in.ok() || !*in || !(*in)->envelope.ok()) continue;
@@ -172,23 +192,14 @@ double RunFloor(int n, uint64_t params, int rounds) {
     } else if (const auto* u = std::get_if<proto::Update>(&msg)) {
       pulling[u->update_hash] = u->task_id;
       auto reqs = receiver.Start(u->update_hash, u->update_size);
-      if (reqs.ok())
-        for (const auto& q : *reqs) send(inc.peer, q);
+      if (!reqs.ok()) continue;
+      for (const auto& q : *reqs) send(inc.peer, q);
+      if (receiver.IsComplete(u->update_hash)) on_complete(inc.peer, u->update_hash);
     } else if (const auto* c = std::get_if<proto::BlobChunk>(&msg)) {
       auto next = receiver.OnChunk(*c);
       if (!next.ok()) continue;
       for (const auto& q : *next) send(inc.peer, q);
-      if (receiver.IsComplete(c->hash)) {
-        send(inc.peer, proto::Ack{pulling[c->hash], ""});
-        if (++done == n) {
-          // A new global model, written durably like the coordinator's.
-          auto next_model = MakeSyntheticUpdate(*store, store->PathOf(model), 424242 + round, UpdateMode::kGood);
-          model = next_model->first;
-          ends.push_back(Clock::now());
-          ++round;
-          if (round <= rounds) start_round();
-        }
-      }
+      if (receiver.IsComplete(c->hash)) on_complete(inc.peer, c->hash);
     }
   }
   sites.clear();
@@ -243,6 +254,7 @@ int main(int argc, char** argv) {
   }
   std::printf("round overhead: %llu parameters (%.1f MB), %d measured rounds, no training, no evaluation\n",
               static_cast<unsigned long long>(params), params * 4 / 1e6, rounds);
+  std::fflush(stdout);
   for (int n : ns) {
     double floor_s = RunFloor(n, params, rounds);
     auto c = RunCoordinator(n, params, rounds);

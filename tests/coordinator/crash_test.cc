@@ -105,7 +105,12 @@ TEST(CoordinatorCrash, KilledAtRandomMomentsGivesTheUninterruptedModel) {
   std::printf("crash campaign: %u of %u rounds committed at the last kill\n", done_at_last_kill, kRounds);
   std::string final_model = WaitFinalModel(h, job, 300s);
   ASSERT_FALSE(final_model.empty()) << h.Log().substr(h.Log().size() > 20000 ? h.Log().size() - 20000 : 0);
-  std::printf("crash campaign: %d kills in %.1f s; final model %s\n", kills, chaos_s, final_model.c_str());
+  // Every restart that found the job still running logs "resumed at round".
+  const std::string log = h.Log();
+  int inside = 0;
+  for (size_t p = log.find("resumed at round"); p != std::string::npos; p = log.find("resumed at round", p + 1)) ++inside;
+  std::printf("crash campaign: %d kills in %.1f s (%d of them while the job ran); final model %s\n", kills, chaos_s,
+              inside, final_model.c_str());
   EXPECT_EQ(final_model, reference) << "seed " << seed;
   EXPECT_EQ(h.Stop(), 0);
 

@@ -111,7 +111,8 @@ void TestSite::Loop() {
   co.secret_key = options_.keys.secret_key;
   co.public_key = options_.keys.public_key;
   co.tuning.heartbeat_interval = options_.heartbeat;
-  co.tuning.heartbeat_timeout = options_.heartbeat * 5;
+  co.tuning.heartbeat_timeout =
+      options_.heartbeat_timeout.count() > 0 ? options_.heartbeat_timeout : options_.heartbeat * 5;
   co.tuning.reconnect_max = std::chrono::milliseconds(500);
   std::unique_ptr<proto::Client> client;
   auto connect = [&] {

@@ -35,6 +35,7 @@ struct TestSiteOptions {
   uint64_t examples = 100;
   std::chrono::milliseconds train_delay{0};    // simulated training time
   std::chrono::milliseconds heartbeat{200};
+  std::chrono::milliseconds heartbeat_timeout{0};  // transport heartbeat timeout; 0 = 5 x heartbeat
   int busy_first = 0;                           // answer Busy to this many first task offers
   UpdateMode mode = UpdateMode::kGood;
   int disconnect_at_task = 0;                   // >0: on the Nth train task, go away without answering
