@@ -47,8 +47,8 @@ void WriteClient(const TempDir& dir, const std::string& endpoint, const std::str
                             ".pub\"\nkey = \"keys/" + me + ".key\"\n");
 }
 
-// A model file in the safetensors layout: mlp 784-8-10, zeros.
-void WriteTinyMlp(const fs::path& p) {
+// A model file in the safetensors layout: mlp 784-8-10, every value `value`.
+void WriteTinyMlp(const fs::path& p, float value = 0.0f) {
   struct T { const char* name; std::vector<int> shape; };
   std::vector<T> ts = {{"fc1.bias", {8}}, {"fc1.weight", {8, 784}}, {"fc2.bias", {10}}, {"fc2.weight", {10, 8}}};
   std::string header = "{";
@@ -79,8 +79,21 @@ void WriteTinyMlp(const fs::path& p) {
   uint64_t len = header.size();
   std::memcpy(file.data(), &len, 8);  // little-endian host
   file += header;
+  size_t data_start = file.size();
   file += std::string(off, '\0');
+  for (size_t i = 0; i < off / 4; ++i) std::memcpy(file.data() + data_start + 4 * i, &value, 4);
   WriteFile(p, file);
+}
+
+// Every float in the data section of a safetensors file written as above.
+std::vector<float> ReadFloats(const fs::path& p) {
+  std::string file = ReadFile(p);
+  if (file.size() < 8) return {};
+  uint64_t len = 0;
+  std::memcpy(&len, file.data(), 8);
+  std::vector<float> out((file.size() - 8 - len) / 4);
+  std::memcpy(out.data(), file.data() + 8 + len, out.size() * 4);
+  return out;
 }
 
 void WriteJob(const fs::path& p, const std::string& extra_top = "", const std::string& extra_training = "") {
@@ -176,6 +189,34 @@ TEST(HanseCli, JobFileWithABadKeyNamesFileLineAndKey) {
   EXPECT_NE(r.output.find("job.toml:15"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("epochz"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("cannot reach"), std::string::npos) << "validated before connecting";
+}
+
+TEST(HanseCli, AggregateFedAvgWeightsByExamples) {
+  TempDir dir;
+  WriteTinyMlp(dir / "a.safetensors", 1.0f);
+  WriteTinyMlp(dir / "b.safetensors", 3.0f);
+  auto r = H(dir, {"aggregate", "--rule", "fedavg", "--weights", "100,300", (dir / "a.safetensors").string(),
+                   (dir / "b.safetensors").string(), "-o", (dir / "out.safetensors").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto values = ReadFloats(dir / "out.safetensors");
+  ASSERT_EQ(values.size(), 8u + 8 * 784 + 10 + 10 * 8);
+  for (float v : values) ASSERT_FLOAT_EQ(v, 2.5f);  // (100 x 1 + 300 x 3) / 400
+
+  auto median = H(dir, {"aggregate", "--rule", "median", (dir / "a.safetensors").string(),
+                        (dir / "b.safetensors").string(), (dir / "b.safetensors").string(), "-o",
+                        (dir / "median.safetensors").string()});
+  ASSERT_EQ(median.exit_code, 0) << median.output;
+  EXPECT_FLOAT_EQ(ReadFloats(dir / "median.safetensors").at(0), 3.0f);
+
+  auto bad_rule = H(dir, {"aggregate", "--rule", "fedsum", (dir / "a.safetensors").string(), "-o",
+                          (dir / "x.safetensors").string()});
+  EXPECT_EQ(bad_rule.exit_code, 1) << bad_rule.output;
+  EXPECT_NE(bad_rule.output.find("fedsum"), std::string::npos) << bad_rule.output;
+  auto missing = H(dir, {"aggregate", (dir / "a.safetensors").string(), (dir / "nope.safetensors").string(), "-o",
+                         (dir / "x.safetensors").string()});
+  EXPECT_EQ(missing.exit_code, 4) << missing.output;
+  EXPECT_NE(missing.output.find("nope.safetensors"), std::string::npos) << missing.output;
+  EXPECT_FALSE(fs::exists(dir / "x.safetensors"));
 }
 
 TEST(HanseCli, AuditVerifyOfAMissingFileIsALocalError) {

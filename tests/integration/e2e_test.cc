@@ -227,6 +227,23 @@ TEST_F(EndToEnd, ThreeRoundsOfFedAvgOverTwoSites) {
   size_t oks = 0;
   for (size_t p = audit.output.find("audit ok"); p != std::string::npos; p = audit.output.find("audit ok", p + 1)) ++oks;
   EXPECT_EQ(oks, 2u) << audit.output;
+  auto show = Run({Bin("hanse"), "audit", "show", (dir_ / "paris" / "audit.log").string()});
+  EXPECT_EQ(show.exit_code, 0) << show.output;
+  EXPECT_NE(show.output.find(job), std::string::npos) << "the history names the job:\n" << show.output;
+
+  // A tampered copy does not verify, and the message names the line.
+  auto lines_of_log = Split(ReadFile(dir_ / "paris" / "audit.log"), '\n');
+  ASSERT_GE(lines_of_log.size(), 3u);
+  std::string& victim = lines_of_log[1];
+  auto pos = victim.find("\"seq\":2");
+  ASSERT_NE(pos, std::string::npos) << victim;
+  victim.replace(pos, 7, "\"seq\":7");
+  std::string tampered;
+  for (const auto& l : lines_of_log) tampered += l + "\n";
+  WriteFile(dir_ / "tampered.log", tampered);
+  auto bad = Run({Bin("hanse"), "audit", "verify", (dir_ / "tampered.log").string()});
+  EXPECT_EQ(bad.exit_code, 4) << bad.output;
+  EXPECT_NE(bad.output.find("tampered.log:2"), std::string::npos) << bad.output;
 }
 
 }  // namespace
