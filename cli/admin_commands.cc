@@ -263,11 +263,10 @@ Outcome RunWatch(const ConnectOptions& c, const WatchArgs& args, std::ostream& o
   ShowStatus(view, st);
   // Live events when the coordinator streams them; the status polls below keep
   // the view right (and detect the end) either way.
-  uint64_t watch_id = 0;
+  // A coordinator that refuses the watch request leaves the polls to do the work.
   if (!Ended(st.summary.state)) {
     auto id = client->Send(proto::WatchJob{args.job_id});
     if (!id.ok()) return TransportFailure(id.status());
-    watch_id = id.value();
   }
   auto started = Clock::now();
   auto next_poll = Clock::now() + args.poll;
@@ -288,13 +287,13 @@ Outcome RunWatch(const ConnectOptions& c, const WatchArgs& args, std::ostream& o
           if (ev->kind == "progress") {
             view.Progress(ev->round, ev->answered, ev->expected, ev->elapsed_seconds);
           } else if (ev->kind == "committed") {
-            view.Committed(ev->round, ev->eval_loss, ev->eval_accuracy, true, ev->elapsed_seconds);
+            // A job without federated evaluation commits with no metrics.
+            bool has_eval = ev->eval_loss > 0 || ev->eval_accuracy > 0;
+            view.Committed(ev->round, ev->eval_loss, ev->eval_accuracy, has_eval, ev->elapsed_seconds);
           } else if (ev->kind == "job_ended") {
             next_poll = Clock::now();  // read the final state now
           }
         }
-        // A refusal of the watch request itself (an older coordinator) leaves polling.
-        (void)watch_id;
       }
       continue;
     }
