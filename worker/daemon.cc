@@ -61,6 +61,8 @@ struct ActiveTask {
   std::vector<std::string> waiting;       // blob hashes still being pulled
   SteadyClock::time_point last_progress;  // last chunk received (stall detection)
   int pull_restarts = 0;
+  int pull_refusals = 0;                  // blob requests the coordinator refused
+  std::optional<SteadyClock::time_point> retry_pull_at;
   std::thread thread;
   std::atomic<bool> cancel{false};
   std::atomic<bool> finished{false};
@@ -122,6 +124,7 @@ struct Daemon::Impl {
   // removed so the site's disk does not grow with the number of rounds.
   std::deque<std::string> recent_models;
   static constexpr size_t kKeepModels = 2;
+  static constexpr int kMaxPullRefusals = 3;
 
   // ------------------------------------------------------------ helpers
 
@@ -618,7 +621,18 @@ struct Daemon::Impl {
       return Audit(r);
     }
     if (active && active->phase == ActiveTask::Phase::kPulling && Contains(active->waiting, rej.ref)) {
-      return FinishWithFailure(rej.code, "the coordinator could not send blob " + rej.ref + ": " + rej.text);
+      // Right after a coordinator restart our resumed request can arrive before
+      // the coordinator has re-issued the task and may hand out its blob: ask
+      // again a little later before giving up.
+      if (++active->pull_refusals <= kMaxPullRefusals) {
+        spdlog::info("coordinator refused blob {} ({}: {}); asking again", rej.ref.substr(0, 12),
+                     ReasonText(rej.code), rej.text);
+        active->retry_pull_at = SteadyClock::now() + options.pull_retry;
+        return Status::Ok();
+      }
+      return FinishWithFailure(proto::Reason::kBlobNotFound,
+                               "the coordinator could not send blob " + rej.ref + ": " + ReasonText(rej.code) + ": " +
+                                   rej.text);
     }
     spdlog::warn("coordinator: {}: {}{}", ReasonText(rej.code), rej.text, rej.ref.empty() ? "" : " (" + rej.ref + ")");
     return Status::Ok();
@@ -663,6 +677,12 @@ struct Daemon::Impl {
     was_connected = connected;
     auto now = SteadyClock::now();
     if (connected && !welcomed && now - last_hello >= options.hello_retry) SendHello();
+    if (active && active->phase == ActiveTask::Phase::kPulling && connected && active->retry_pull_at &&
+        now >= *active->retry_pull_at) {
+      active->retry_pull_at.reset();
+      active->last_progress = now;
+      for (const auto& req : receiver->Resume()) (void)Send(req);
+    }
     if (active && active->phase == ActiveTask::Phase::kPulling && connected &&
         now - active->last_progress >= options.pull_stall) {
       spdlog::info("pull of the model for {} stalled; asking again", active->task.task_id);

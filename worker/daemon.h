@@ -46,6 +46,7 @@ struct DaemonOptions {
   std::chrono::milliseconds poll{50};     // longest wait in the loop
   std::chrono::milliseconds hello_retry{3000};   // re-send Hello while no Welcome came
   std::chrono::milliseconds pull_stall{10000};   // re-request a model pull that got no chunk
+  std::chrono::milliseconds pull_retry{1000};    // after the coordinator refused a blob request (3 tries)
   // Tests replace the transport; empty = proto::Client::Connect(client).
   std::function<Result<std::unique_ptr<proto::Client>>()> connect;
 };

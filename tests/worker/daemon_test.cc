@@ -286,6 +286,7 @@ class DaemonTest : public ::testing::Test {
     options.stream = {1024, 2};  // small chunks: several round trips per blob
     options.hello_retry = 1000ms;
     options.pull_stall = 1000ms;
+    options.pull_retry = 100ms;
     auto d = Daemon::Create(parts, options);
     ASSERT_OK(d.status());
     daemon_ = std::move(d).value();
@@ -564,6 +565,33 @@ TEST_F(DaemonTest, KeepsOnlyTheLastTwoModels) {
   EXPECT_FALSE(store_->Contains(models[0]));
   EXPECT_TRUE(store_->Contains(models[1]));
   EXPECT_TRUE(store_->Contains(models[2]));
+}
+
+TEST_F(DaemonTest, ModelPullRetriesAfterARefusedRequestThenGivesUp) {
+  StartDaemon();
+  ASSERT_TRUE(coordinator_->Handshake());
+  // A model the coordinator does not have: every request is refused.
+  auto t = TrainTask("missing-model");
+  t.model_hash = std::string(64, 'e');
+  ASSERT_OK(coordinator_->Send(t));
+  auto r = coordinator_->Expect<proto::Reject>(30s);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->code, proto::Reason::kBlobNotFound);
+  EXPECT_EQ(r->ref, "missing-model");
+  EXPECT_EQ(coordinator_->blob_requests, 4) << "the first request and three retries";
+  // A refusal that clears up (the coordinator came back and re-issued the task) is survived.
+  ASSERT_OK(coordinator_->store().Put(std::string(500, 'z')).status());
+  auto late = TrainTask("late-model");
+  late.model_hash = *coordinator_->store().Put(std::string(500, 'z'));
+  late.model_size = 500;
+  fs::path hidden = coordinator_->store().PathOf(late.model_hash);
+  fs::rename(hidden, dir_ / "hidden-blob");
+  ASSERT_OK(coordinator_->Send(late));
+  ASSERT_TRUE(WaitFor([&] { coordinator_->Next(20ms); return coordinator_->blob_requests >= 5; }, 10s));
+  fs::rename(dir_ / "hidden-blob", hidden);
+  auto u = coordinator_->Expect<proto::Update>();
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->task_id, "late-model");
 }
 
 TEST_F(DaemonTest, ServesOnlyItsOwnUpdates) {
