@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
              "\n\nThe commands that talk to the coordinator read its endpoint, its public key and your key from\n"
              "the client config: --config FILE, else $XDG_CONFIG_HOME/hanse/client.toml\n"
              "(~/.config/hanse/client.toml). See docs/CLI.md.");
+  app.set_version_flag("--version", std::string("hanse ") + HANSE_VERSION);
   app.require_subcommand(1);
   app.fallthrough();  // global options may follow the command
 
