@@ -1,4 +1,4 @@
-// Update validation and aggregation rules (pure C++: no LibTorch, no ZeroMQ).
+// Update validation and aggregation rules (pure C++: no ML framework, no ZeroMQ).
 //
 // Updates are deltas (new weights minus global) over the job's trainable subset
 // of the global model, stored as safetensors files. Aggregation runs block by

@@ -109,7 +109,7 @@ struct Task {
   uint64_t seed = 0;
   // Site policy inputs: the policy name of the job's initial model (job file
   // `model_name`), the hash of that initial model (the round-0 global model; the
-  // policy may pin it), and the size of the TorchScript module blob (so the worker
+  // policy may pin it), and the size of the torchscript module blob (so the worker
   // can pull it).
   std::string model_name;
   std::string initial_model_hash;
