@@ -88,6 +88,7 @@ Result<uint64_t> AdminClient::Send(proto::Message message) {
 
 Status AdminClient::HandleBlobRequest(const proto::Envelope& env) {
   const auto& req = std::get<proto::BlobRequest>(env.message);
+  if (req.credits == 0) return Status::Ok();  // the coordinator acknowledging chunks
   requested_.insert(req.hash);
   auto reply_reject = [&](proto::Reason code, const std::string& text) {
     proto::Envelope out;

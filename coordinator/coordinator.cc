@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -84,7 +85,7 @@ struct Coordinator::Impl final : public RunnerHost {
   std::unique_ptr<BlobStore> blob_store;
   std::unique_ptr<Store> db;
   std::unique_ptr<proto::Server> server;
-  std::unique_ptr<proto::BlobSender> sender;
+  std::unique_ptr<proto::PacedSender> sender;
   std::unique_ptr<proto::BlobReceiver> receiver;
   Scheduler scheduler;
   std::vector<std::string> site_names;             // config order
@@ -167,6 +168,32 @@ struct Coordinator::Impl final : public RunnerHost {
     if (c.alive) spdlog::info("site {} disconnected ({})", site, why);
     c.alive = false;
     scheduler.OnReconnect(site);  // its in-flight task goes out again when it is back
+    if (c.peer) PeerGone(*c.peer);
+  }
+  // Transfers with a gone peer give their share of the budgets to the others.
+  void PeerGone(const proto::PeerId& peer) {
+    sender->Forget(peer.routing_id);
+    for (auto& [hash, list] : pulls) {
+      const bool from_peer = std::any_of(list.begin(), list.end(), [&](const Pull& p) { return p.peer == peer; });
+      if (from_peer) RouteRequests(receiver->Pause(hash));
+    }
+  }
+  // With one budget for all pulls, freed credits may go to any transfer: each
+  // request goes to the peer its blob is being pulled from.
+  void RouteRequests(const std::vector<proto::BlobRequest>& requests) {
+    for (const auto& r : requests) {
+      auto it = pulls.find(r.hash);
+      if (it == pulls.end() || it->second.empty()) continue;
+      (void)Send(it->second.front().peer, r);
+    }
+  }
+  void PumpBlobs() {
+    RouteRequests(receiver->TakeRequests());
+    sender->Pump(
+        [&](const std::string& routing_id, const proto::Envelope& chunk) {
+          return server->Send(proto::PeerId{routing_id}, chunk);
+        },
+        SteadyClock::now());
   }
 
   // ---- site presence ----
@@ -190,9 +217,7 @@ struct Coordinator::Impl final : public RunnerHost {
           p.peer = peer;
           hashes.insert(hash);
         }
-    if (hashes.empty()) return;
-    for (const auto& req : receiver->Resume())
-      if (hashes.count(req.hash)) (void)Send(peer, req);
+    for (const auto& hash : hashes) RouteRequests(receiver->Resume(hash));
   }
 
   // ---- dispatch ----
@@ -240,9 +265,9 @@ struct Coordinator::Impl final : public RunnerHost {
     // A worker refusing a task (policy, failure) or a blob we asked for.
     if (auto it = pulls.find(r.ref); it != pulls.end()) {
       spdlog::warn("{} could not send blob {}: {}: {}", in.principal.name, r.ref, proto::ReasonName(r.code), r.text);
-      receiver->Abandon(r.ref);
       auto list = std::move(it->second);
       pulls.erase(it);
+      RouteRequests(receiver->Abandon(r.ref));
       for (const auto& p : list)
         (void)Send(p.peer, proto::Reject{proto::Reason::kBlobNotFound, "could not pull blob " + r.ref, ref(p)},
                    p.reply_to);
@@ -272,7 +297,7 @@ struct Coordinator::Impl final : public RunnerHost {
              req.hash);
       return;
     }
-    Status s = sender->Serve(req, [&](const proto::BlobChunk& c) { return Send(in.peer, c); });
+    Status s = sender->OnRequest(in.peer.routing_id, req, in.envelope->message_id, SteadyClock::now());
     if (!s.ok()) Refuse(in, proto::Reason::kBlobNotFound, s.ToString(), req.hash);
   }
 
@@ -290,7 +315,7 @@ struct Coordinator::Impl final : public RunnerHost {
         (void)Send(p.peer, proto::Reject{proto::Reason::kBlobCorrupt, next.status().ToString(), ref(p)}, p.reply_to);
       return;
     }
-    for (const auto& r : *next) (void)Send(in.peer, r);
+    RouteRequests(*next);
     if (receiver->IsComplete(c.hash)) OnBlobComplete(c.hash);
   }
 
@@ -311,7 +336,7 @@ struct Coordinator::Impl final : public RunnerHost {
       OnBlobComplete(hash);
       return;
     }
-    for (const auto& r : *reqs) (void)Send(peer, r);
+    RouteRequests(*reqs);
   }
 
   void OnBlobComplete(const std::string& hash) {
@@ -611,7 +636,11 @@ struct Coordinator::Impl final : public RunnerHost {
       return;
     }
     auto it = sites.find(e.principal);
-    if (it != sites.end() && it->second.peer && *it->second.peer == e.peer) MarkGone(e.principal, "connection closed");
+    if (it != sites.end() && it->second.peer && *it->second.peer == e.peer) {
+      MarkGone(e.principal, "connection closed");
+    } else {
+      PeerGone(e.peer);  // a lead or admin uploading or fetching
+    }
   }
 
   void Dispatch(SteadyClock::time_point now) {
@@ -665,8 +694,12 @@ Result<std::unique_ptr<Coordinator>> Coordinator::Open(const CoordinatorConfig& 
   if (ec) return Status::Io("data folder " + config.data_dir.string() + ": " + ec.message());
   HANSE_ASSIGN_OR_RETURN(impl->blob_store, BlobStore::Open(config.data_dir));
   HANSE_ASSIGN_OR_RETURN(impl->db, Store::Open(config.data_dir / "coordinator.db"));
-  proto::StreamOptions stream{config.chunk_bytes, config.window};
-  impl->sender = std::make_unique<proto::BlobSender>(*impl->blob_store, stream);
+  // One budget for all pulls and one for all serves, so memory does not grow
+  // with the number of sites transferring at once: twice a peer's window.
+  proto::StreamOptions stream{config.chunk_bytes, config.window, 2 * config.window};
+  impl->sender = std::make_unique<proto::PacedSender>(*impl->blob_store, stream,
+                                                      uint64_t{stream.budget} * config.chunk_bytes,
+                                                      std::chrono::milliseconds(config.heartbeat_timeout_ms));
   impl->receiver = std::make_unique<proto::BlobReceiver>(*impl->blob_store, stream);
 
   proto::ServerOptions so;
@@ -727,15 +760,18 @@ Status Coordinator::Run(const std::atomic<bool>& stop) {
       spdlog::error("receive: {}", in.status().ToString());
     } else if (*in) {
       m.Handle(**in);
+      m.PumpBlobs();
       // Drain what is already queued before ticking, without waiting.
       for (int i = 0; i < 256; ++i) {
         auto more = m.server->Receive(std::chrono::milliseconds(0));
         if (!more.ok() || !*more) break;
         m.Handle(**more);
+        m.PumpBlobs();
       }
     }
     for (const auto& e : m.server->TakeEvents()) m.OnPeerEvent(e);
     m.Tick(SteadyClock::now());
+    m.PumpBlobs();
   }
   spdlog::info("coordinator stopping");
   return Status::Ok();

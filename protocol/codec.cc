@@ -222,6 +222,7 @@ void PutBody(w::Envelope::Body::Builder b, const BlobRequest& v) {
   m.setHash(T(v.hash));
   m.setOffset(v.offset);
   m.setCredits(v.credits);
+  m.setReceived(v.received);
 }
 void PutBody(w::Envelope::Body::Builder b, const BlobChunk& v) {
   auto m = b.initBlobChunk();
@@ -484,7 +485,7 @@ Message GetBody(w::Envelope::Body::Reader b) {
       return Busy{S(b.getBusy().getTaskId())};
     case w::Envelope::Body::BLOB_REQUEST: {
       auto r = b.getBlobRequest();
-      return BlobRequest{Hash(r.getHash(), "blob_request.hash", true), r.getOffset(), r.getCredits()};
+      return BlobRequest{Hash(r.getHash(), "blob_request.hash", true), r.getOffset(), r.getCredits(), r.getReceived()};
     }
     case w::Envelope::Body::BLOB_CHUNK: {
       auto r = b.getBlobChunk();

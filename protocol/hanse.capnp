@@ -84,6 +84,9 @@ struct BlobRequest {
   hash @0 :Text;
   offset @1 :UInt64;
   credits @2 :UInt32;
+  # Bytes of the blob the receiver has taken off the wire so far: lets a sender
+  # that serves many peers from one budget know what is no longer in flight.
+  received @3 :UInt64;
 }
 
 struct BlobChunk {

@@ -127,11 +127,13 @@ struct Busy {
 };
 
 // Receiver-driven, credit-based pull: "send me `credits` chunks of `hash`
-// starting at byte `offset`". The sender is stateless per request.
+// starting at byte `offset`; I hold `received` bytes". A request with 0
+// credits only acknowledges chunks (the last one acknowledges the whole blob).
 struct BlobRequest {
   std::string hash;
   uint64_t offset = 0;
   uint32_t credits = 0;
+  uint64_t received = 0;
 };
 
 struct BlobChunk {

@@ -557,6 +557,7 @@ struct Daemon::Impl {
   }
 
   void OnBlobRequest(const proto::Envelope& env, const proto::BlobRequest& req) {
+    if (req.credits == 0) return;  // the coordinator acknowledging chunks
     // Only our own updates leave the site; anything else is "not found".
     bool ours = std::any_of(pending.begin(), pending.end(),
                             [&](const auto& p) { return p.second.update_hash == req.hash; });

@@ -7,7 +7,9 @@
 
 #include <deque>
 #include <fstream>
+#include <map>
 #include <random>
+#include <set>
 
 #include "protocol/blob_client.h"
 #include "protocol/transport.h"
@@ -386,6 +388,235 @@ TEST_F(SocketTest, CorruptedChunkOverTheWireIsNotAdmitted) {
   auto dst = BlobStore::Open(tmp / "dst");
   EXPECT_FALSE((*dst)->Contains(*hash));
   EXPECT_EQ((*dst)->PartialSize(*hash), 0u);
+}
+
+// ---------------------------------------------------------------- shared budgets
+
+// One receiver pulling N blobs from N senders at once (the coordinator
+// collecting updates): the credits in flight never exceed the budget, every
+// blob arrives intact, and each request is routed by its hash.
+TEST(BlobStreamBudget, ReceiverSharesOneBudgetAmongAllTransfers) {
+  testing::TempDir dir;
+  constexpr int kPeers = 6;
+  StreamOptions o{16 << 10, 4, 5};
+  auto dst = BlobStore::Open(dir / "dst");
+  ASSERT_OK(dst.status());
+  BlobReceiver receiver(**dst, o);
+  std::vector<std::unique_ptr<BlobStore>> srcs;
+  std::vector<std::unique_ptr<BlobSender>> senders;
+  std::map<std::string, int> owner;  // hash -> peer
+  std::vector<std::string> data;
+  std::deque<std::pair<int, BlobRequest>> to_senders;
+  std::deque<BlobChunk> wire;
+  auto route = [&](const std::vector<BlobRequest>& reqs) {
+    for (const auto& r : reqs) {
+      ASSERT_TRUE(owner.count(r.hash)) << "request for an unknown blob";
+      to_senders.push_back({owner[r.hash], r});
+    }
+  };
+  for (int i = 0; i < kPeers; ++i) {
+    auto st = BlobStore::Open(dir / ("src" + std::to_string(i)));
+    ASSERT_OK(st.status());
+    srcs.push_back(std::move(*st));
+    senders.push_back(std::make_unique<BlobSender>(*srcs.back(), o));
+    data.push_back(RandomBytes((200 << 10) + 17 * i, 100 + i));
+    auto h = srcs.back()->Put(data.back());
+    ASSERT_OK(h.status());
+    owner[*h] = i;
+    auto first = receiver.Start(*h, data.back().size());
+    ASSERT_OK(first.status());
+    route(*first);
+    EXPECT_LE(receiver.in_flight(), o.budget);
+  }
+  size_t max_credits = 0, max_wire = 0;
+  std::set<int> moved_before_first_done;
+  bool any_done = false;
+  for (int steps = 0; steps < 100000 && (!to_senders.empty() || !wire.empty()); ++steps) {
+    while (!to_senders.empty()) {
+      auto [peer, r] = to_senders.front();
+      to_senders.pop_front();
+      ASSERT_OK(senders[peer]->Serve(r, [&](const BlobChunk& c) {
+        wire.push_back(c);
+        return Status::Ok();
+      }));
+    }
+    max_wire = std::max(max_wire, wire.size());
+    max_credits = std::max<size_t>(max_credits, receiver.in_flight());
+    if (wire.empty()) break;
+    BlobChunk c = std::move(wire.front());
+    wire.pop_front();
+    if (!any_done) moved_before_first_done.insert(owner[c.hash]);
+    auto next = receiver.OnChunk(c);
+    ASSERT_OK(next.status());
+    route(*next);
+    if (receiver.IsComplete(c.hash)) any_done = true;
+  }
+  EXPECT_LE(max_credits, o.budget);
+  EXPECT_LE(max_wire, o.budget);  // chunks in flight: what memory holds
+  EXPECT_EQ(moved_before_first_done.size(), static_cast<size_t>(kPeers)) << "round-robin: every transfer moves";
+  EXPECT_EQ(receiver.in_flight(), 0u);
+  for (const auto& [hash, peer] : owner) {
+    EXPECT_TRUE(receiver.IsComplete(hash));
+    auto got = (*dst)->Get(hash);
+    ASSERT_OK(got.status());
+    EXPECT_TRUE(*got == data[peer]);
+  }
+}
+
+TEST(BlobStreamBudget, EveryChunkIsAcknowledgedAndTheLastOneClosesTheTransfer) {
+  Stores s;
+  std::string data = RandomBytes(10 * 1024 + 5, 7);
+  auto hash = s.src->Put(data);
+  ASSERT_OK(hash.status());
+  BlobReceiver receiver(*s.dst, StreamOptions{1024, 4});
+  ASSERT_OK(receiver.Start(*hash, data.size()).status());
+  for (uint64_t off = 0; off < data.size(); off += 1024) {
+    BlobChunk c{*hash, off, data.size(), data.substr(off, 1024), off + 1024 >= data.size()};
+    auto next = receiver.OnChunk(c);
+    ASSERT_OK(next.status());
+    ASSERT_FALSE(next->empty()) << "chunk at " << off << " not acknowledged";
+    for (const auto& r : *next) EXPECT_EQ(r.received, std::min<uint64_t>(off + 1024, data.size()));
+    if (c.last) {
+      ASSERT_EQ(next->size(), 1u);
+      EXPECT_EQ((*next)[0].credits, 0u);
+      EXPECT_EQ((*next)[0].offset, data.size());
+    }
+  }
+  EXPECT_TRUE(receiver.IsComplete(*hash));
+}
+
+TEST(BlobStreamBudget, PausedTransferGivesItsCreditsToTheOthers) {
+  testing::TempDir dir;
+  auto src = BlobStore::Open(dir / "src");
+  auto dst = BlobStore::Open(dir / "dst");
+  ASSERT_OK(src.status());
+  ASSERT_OK(dst.status());
+  auto a = (*src)->Put(RandomBytes(64 << 10, 1));
+  auto b = (*src)->Put(RandomBytes(64 << 10, 2));
+  BlobReceiver receiver(**dst, StreamOptions{4096, 4, 1});
+  auto ra = receiver.Start(*a, 64 << 10);
+  auto rb = receiver.Start(*b, 64 << 10);
+  ASSERT_OK(ra.status());
+  ASSERT_OK(rb.status());
+  ASSERT_EQ(ra->size(), 1u);  // a holds the only credit
+  EXPECT_TRUE(rb->empty());
+  auto after = receiver.Pause(*a);
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0].hash, *b);
+  EXPECT_EQ(receiver.in_flight(), 1u);
+  // b's only credit goes back to a once it resumes and b is abandoned.
+  auto resumed = receiver.Resume(*a);
+  EXPECT_TRUE(resumed.empty());
+  auto given = receiver.Abandon(*b);
+  ASSERT_EQ(given.size(), 1u);
+  EXPECT_EQ(given[0].hash, *a);
+  EXPECT_EQ(given[0].offset, 0u);
+}
+
+struct PacedPeers {
+  testing::TempDir dir;
+  std::unique_ptr<BlobStore> src;
+  std::vector<std::unique_ptr<BlobStore>> dst;
+  std::vector<std::unique_ptr<BlobReceiver>> receivers;
+  std::string hash, data;
+  PacedPeers(int n, size_t bytes, StreamOptions o) {
+    auto st = BlobStore::Open(dir / "src");
+    if (!st.ok()) throw std::runtime_error("store");
+    src = std::move(*st);
+    data = RandomBytes(bytes, 42);
+    hash = src->Put(data).value();
+    for (int i = 0; i < n; ++i) {
+      auto d = BlobStore::Open(dir / ("dst" + std::to_string(i)));
+      if (!d.ok()) throw std::runtime_error("store");
+      dst.push_back(std::move(*d));
+      receivers.push_back(std::make_unique<BlobReceiver>(*dst.back(), o));
+    }
+  }
+};
+
+// N peers pull the same model at once (the coordinator distributing a round):
+// bytes sent and not yet acknowledged stay within the budget, whatever N.
+TEST(PacedSender, ServesManyPeersWithinOneBudget) {
+  constexpr int kPeers = 8;
+  StreamOptions o{8 << 10, 4};
+  const uint64_t budget = 3 * o.chunk_bytes;
+  PacedPeers p(kPeers, (300 << 10) + 3, o);
+  PacedSender sender(*p.src, o, budget, std::chrono::seconds(60));
+  auto now = PacedSender::Clock::now();
+  std::vector<std::deque<Envelope>> wire(kPeers);
+  for (int i = 0; i < kPeers; ++i) {
+    auto first = p.receivers[i]->Start(p.hash, p.data.size());
+    ASSERT_OK(first.status());
+    for (const auto& r : *first) ASSERT_OK(sender.OnRequest(std::to_string(i), r, 0, now));
+  }
+  auto emit = [&](const std::string& peer, const Envelope& e) {
+    wire[std::stoi(peer)].push_back(e);
+    return Status::Ok();
+  };
+  uint64_t max_unacked = 0;
+  for (int rounds = 0; rounds < 100000; ++rounds) {
+    sender.Pump(emit, now);
+    max_unacked = std::max(max_unacked, sender.in_flight());
+    uint64_t on_wire = 0;
+    for (const auto& w : wire)
+      for (const auto& e : w) on_wire += std::get<BlobChunk>(e.message).bytes.size();
+    ASSERT_LE(on_wire, budget);
+    bool any = false;
+    for (int i = 0; i < kPeers; ++i) {  // every peer takes one chunk per turn
+      if (wire[i].empty()) continue;
+      any = true;
+      auto next = p.receivers[i]->OnChunk(std::get<BlobChunk>(wire[i].front().message));
+      wire[i].pop_front();
+      ASSERT_OK(next.status());
+      for (const auto& r : *next) ASSERT_OK(sender.OnRequest(std::to_string(i), r, 0, now));
+    }
+    if (!any) break;
+  }
+  EXPECT_LE(max_unacked, budget);
+  EXPECT_EQ(sender.in_flight(), 0u);
+  EXPECT_EQ(sender.transfers(), 0u) << "acknowledged transfers are forgotten";
+  for (int i = 0; i < kPeers; ++i) {
+    EXPECT_TRUE(p.receivers[i]->IsComplete(p.hash)) << "peer " << i;
+    auto got = p.dst[i]->Get(p.hash);
+    ASSERT_OK(got.status());
+    EXPECT_TRUE(*got == p.data);
+  }
+}
+
+TEST(PacedSender, SilentOrGonePeerReleasesTheBudget) {
+  StreamOptions o{4096, 4};
+  PacedPeers p(2, 64 << 10, o);
+  PacedSender sender(*p.src, o, 2 * o.chunk_bytes, std::chrono::seconds(5));
+  auto t0 = PacedSender::Clock::now();
+  int sent_to_1 = 0;
+  auto emit = [&](const std::string& peer, const Envelope&) {
+    sent_to_1 += peer == "1";
+    return Status::Ok();
+  };
+  ASSERT_OK(sender.OnRequest("0", BlobRequest{p.hash, 0, 4, 0}, 0, t0));  // never acknowledges
+  sender.Pump(emit, t0);
+  EXPECT_EQ(sender.in_flight(), 2 * o.chunk_bytes);
+  ASSERT_OK(sender.OnRequest("1", BlobRequest{p.hash, 0, 4, 0}, 0, t0));
+  sender.Pump(emit, t0 + std::chrono::seconds(1));
+  EXPECT_EQ(sent_to_1, 0) << "budget held by peer 0";
+  ASSERT_OK(sender.OnRequest("1", BlobRequest{p.hash, 0, 4, 0}, 0, t0 + std::chrono::seconds(6)));
+  sender.Pump(emit, t0 + std::chrono::seconds(6));  // peer 0 silent past the stall timeout
+  EXPECT_EQ(sent_to_1, 2) << "peer 1 gets the whole budget; silent peer 0 gets nothing more";
+  sender.Forget("1");
+  EXPECT_EQ(sender.transfers(), 1u);
+  EXPECT_LE(sender.in_flight(), 2 * o.chunk_bytes);
+}
+
+TEST(PacedSender, RefusesWhatItCannotServe) {
+  StreamOptions o{4096, 4};
+  PacedPeers p(1, 10000, o);
+  PacedSender sender(*p.src, o, 4 * o.chunk_bytes, std::chrono::seconds(5));
+  auto now = PacedSender::Clock::now();
+  EXPECT_EQ(sender.OnRequest("x", BlobRequest{std::string(64, 'a'), 0, 1, 0}, 0, now).code(), Code::kNotFound);
+  EXPECT_EQ(sender.OnRequest("x", BlobRequest{"nothex", 0, 1, 0}, 0, now).code(), Code::kInvalidArgument);
+  EXPECT_EQ(sender.OnRequest("x", BlobRequest{p.hash, 10001, 1, 0}, 0, now).code(), Code::kInvalidArgument);
+  EXPECT_OK(sender.OnRequest("x", BlobRequest{std::string(64, 'b'), 0, 0, 0}, 0, now));  // a stray ack
+  EXPECT_EQ(sender.transfers(), 0u);
 }
 
 }  // namespace
