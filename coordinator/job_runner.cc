@@ -112,6 +112,7 @@ void JobRunner::StartRound(uint32_t round, SteadyClock::time_point now) {
   round_.model_in = job_.model_hash;
   round_.model_in_size = job_.model_size;
   sites_.clear();
+  update_norms_.clear();
   deadline_ = now + RoundDeadline(config_);
   entered_ = now;
   last_clock_ = now;
@@ -162,6 +163,12 @@ Result<std::unique_ptr<JobRunner>> JobRunner::Resume(JobRecord job, RunnerHost& 
     r->last_persist_ = now;
     HANSE_ASSIGN_OR_RETURN(auto sites, st.ListRoundSites(r->job_.job_id, current));
     for (auto& s : sites) r->sites_[s.site] = std::move(s);
+    // The norms validated on arrival, so that aggregation after a restart skips its norm pass too.
+    for (const auto& [name, s] : r->sites_) {
+      if (!s.accepted) continue;
+      HANSE_ASSIGN_OR_RETURN(auto u, st.GetUpdate(r->job_.job_id, current, name, s.task_id));
+      if (u && u->l2_norm) r->update_norms_[name] = *u->l2_norm;
+    }
   }
   spdlog::info("job {}: resumed at round {} attempt {} in state {} with {} ms of deadline left", r->job_.job_id,
                r->round_.round, r->round_.attempt, RoundStateName(r->round_.state), r->round_.deadline_left_ms);
@@ -363,7 +370,11 @@ void JobRunner::StepAggregating(SteadyClock::time_point now) {
   if (!job_.opt_state_hash.empty()) req.optimizer_state = host_.blobs().PathOf(job_.opt_state_hash);
   for (const auto& [name, s] : sites_) {
     if (!s.accepted) continue;
-    req.updates.push_back(agg::UpdateRef{name, s.examples, host_.blobs().PathOf(s.update_hash), std::nullopt});
+    // The norm validated on arrival (same schema, same definition): Aggregate skips
+    // its own pass over the update. Unknown (older database): Aggregate computes it.
+    std::optional<double> norm;
+    if (auto it = update_norms_.find(name); it != update_norms_.end()) norm = it->second;
+    req.updates.push_back(agg::UpdateRef{name, s.examples, host_.blobs().PathOf(s.update_hash), norm});
   }
   auto t0 = SteadyClock::now();
   auto res = agg::Aggregate(req, host_.blobs());
@@ -623,7 +634,9 @@ Result<std::optional<proto::Reject>> JobRunner::AcceptUpdate(const std::string& 
   rs.train_loss = MetricOf(u.metrics, {"train_loss", "loss"});
   rs.train_accuracy = MetricOf(u.metrics, {"train_accuracy", "accuracy"});
   rs.seconds += DeviceSeconds(u.usage);
-  UpdateRecord rec{job_.job_id, u.round, site, u.task_id, u.update_hash, u.update_size, u.examples, UnixNow(), false};
+  update_norms_[site] = validated.l2_norm;
+  UpdateRecord rec{job_.job_id, u.round, site, u.task_id, u.update_hash, u.update_size, u.examples, UnixNow(),
+                   false, validated.l2_norm};
   UsageRecord usage;
   usage.unix_time = static_cast<int64_t>(UnixNow());
   usage.job_id = job_.job_id;

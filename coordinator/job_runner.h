@@ -141,6 +141,9 @@ class JobRunner {
 
   RoundRecord round_;
   std::map<std::string, RoundSiteRecord> sites_;   // by site name: canonical order
+  // By site: ValidatedUpdate::l2_norm of its accepted update (also in its UpdateRecord);
+  // handed to Aggregate. Absent when the store has none (rows from an older database).
+  std::map<std::string, double> update_norms_;
   SteadyClock::time_point deadline_{};
   SteadyClock::time_point entered_{};              // when the current state was entered
   SteadyClock::time_point last_clock_{};           // duration accounting

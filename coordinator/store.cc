@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -37,7 +38,7 @@ CREATE INDEX IF NOT EXISTS round_sites_by_site ON round_sites(site);
 CREATE TABLE IF NOT EXISTS updates(
   job_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, task_id TEXT NOT NULL,
   update_hash TEXT NOT NULL, update_size INTEGER NOT NULL, examples INTEGER NOT NULL,
-  received_unix REAL NOT NULL, deleted INTEGER NOT NULL,
+  received_unix REAL NOT NULL, deleted INTEGER NOT NULL, l2_norm REAL,
   PRIMARY KEY(job_id, round, site, task_id));
 CREATE TABLE IF NOT EXISTS checkpoints(
   job_id TEXT NOT NULL, round INTEGER NOT NULL, hash TEXT NOT NULL, size INTEGER NOT NULL,
@@ -54,6 +55,19 @@ CREATE TABLE IF NOT EXISTS usage(
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage(unix_time);
 CREATE TABLE IF NOT EXISTS sites(name TEXT PRIMARY KEY, last_seen_unix INTEGER NOT NULL, hello TEXT NOT NULL);
 )sql";
+
+// Columns added after a table was first released. CREATE TABLE IF NOT EXISTS
+// leaves an existing table as it is, so Open adds what an older database lacks
+// (ALTER TABLE ADD COLUMN: its existing rows read NULL). Nullable, so that old
+// rows and old binaries (which name their columns) keep working.
+struct AddedColumn {
+  const char* table;
+  const char* column;
+  const char* decl;
+};
+constexpr AddedColumn kAddedColumns[] = {
+    {"updates", "l2_norm", "REAL"},
+};
 
 }  // namespace
 
@@ -116,6 +130,14 @@ class Stmt {
     if (stmt_) sqlite3_bind_double(stmt_, ++idx_, v);
     return *this;
   }
+  // nullopt -> NULL. (SQLite also stores a NaN as NULL: it reads back as nullopt.)
+  Stmt& Bind(const std::optional<double>& v) {
+    if (!v) {
+      if (stmt_) sqlite3_bind_null(stmt_, ++idx_);
+      return *this;
+    }
+    return Bind(*v);
+  }
   // SQLITE_ROW -> true, SQLITE_DONE -> false, else error.
   Result<bool> Step() {
     if (!stmt_) return status_;
@@ -139,6 +161,10 @@ class Stmt {
   uint64_t U64(int c) const { return static_cast<uint64_t>(sqlite3_column_int64(stmt_, c)); }
   uint32_t U32(int c) const { return static_cast<uint32_t>(sqlite3_column_int64(stmt_, c)); }
   double Real(int c) const { return sqlite3_column_double(stmt_, c); }
+  std::optional<double> OptReal(int c) const {
+    if (sqlite3_column_type(stmt_, c) == SQLITE_NULL) return std::nullopt;
+    return sqlite3_column_double(stmt_, c);
+  }
 
  private:
   Store::Impl& impl_;
@@ -238,7 +264,7 @@ RoundSiteRecord ReadRoundSite(const Stmt& s) {
 }
 
 constexpr const char* kUpdateCols =
-    "job_id,round,site,task_id,update_hash,update_size,examples,received_unix,deleted";
+    "job_id,round,site,task_id,update_hash,update_size,examples,received_unix,deleted,l2_norm";
 
 UpdateRecord ReadUpdate(const Stmt& s) {
   UpdateRecord u;
@@ -251,7 +277,21 @@ UpdateRecord ReadUpdate(const Stmt& s) {
   u.examples = s.U64(6);
   u.received_unix = s.Real(7);
   u.deleted = s.Int(8) != 0;
+  u.l2_norm = s.OptReal(9);
   return u;
+}
+
+Status AddMissingColumns(Store::Impl& impl) {
+  for (const auto& c : kAddedColumns) {
+    std::string info = std::string("PRAGMA table_info(") + c.table + ")";
+    Stmt st(impl, info.c_str());
+    auto names = Collect<std::string>(st, [](const Stmt& s) { return s.Text(1); });
+    if (!names.ok()) return names.status();
+    if (std::find(names->begin(), names->end(), c.column) != names->end()) continue;
+    std::string alter = std::string("ALTER TABLE ") + c.table + " ADD COLUMN " + c.column + " " + c.decl;
+    HANSE_RETURN_IF_ERROR(impl.Exec(alter.c_str()));
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -278,6 +318,7 @@ Result<std::unique_ptr<Store>> Store::Open(const std::filesystem::path& file) {
     if (!*r || st.Text(0) != "wal") return Status::Io("sqlite " + file.string() + ": WAL mode not available");
   }
   HANSE_RETURN_IF_ERROR(impl->Exec(kSchema));
+  HANSE_RETURN_IF_ERROR(AddMissingColumns(*impl));
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
@@ -413,10 +454,10 @@ Result<std::vector<TransitionRecord>> Store::ListTransitions(const std::string& 
 }
 
 Status Store::PutUpdate(const UpdateRecord& u) {
-  std::string sql = std::string("INSERT INTO updates(") + kUpdateCols + ") VALUES(?,?,?,?,?,?,?,?,?)";
+  std::string sql = std::string("INSERT INTO updates(") + kUpdateCols + ") VALUES(?,?,?,?,?,?,?,?,?,?)";
   Stmt st(*impl_, sql.c_str());
   st.Bind(u.job_id).Bind(u.round).Bind(u.site).Bind(u.task_id).Bind(u.update_hash).Bind(u.update_size);
-  st.Bind(u.examples).Bind(u.received_unix).Bind(u.deleted);
+  st.Bind(u.examples).Bind(u.received_unix).Bind(u.deleted).Bind(u.l2_norm);
   Status s = st.Run();
   if (!s.ok() && (st.rc_constraint() & 0xff) == SQLITE_CONSTRAINT) {
     return Status::AlreadyExists("update " + u.job_id + "/" + std::to_string(u.round) + "/" + u.site + "/" +

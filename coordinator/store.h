@@ -98,6 +98,10 @@ struct UpdateRecord {
   uint64_t examples = 0;
   double received_unix = 0;
   bool deleted = false;              // blob removed by retention
+  // ValidatedUpdate::l2_norm from the validation on arrival, so that aggregation
+  // skips its own norm pass. nullopt (NULL: rows written before the column
+  // existed): aggregation computes the norm itself.
+  std::optional<double> l2_norm;
 };
 
 struct CheckpointRecord {
@@ -159,7 +163,8 @@ struct TransitionRecord {
 class Store {
  public:
   // Opens (creating when missing) the database file; sets WAL, synchronous=FULL,
-  // foreign keys; creates the schema. kIo / kCorruption naming the file.
+  // foreign keys; creates the schema and adds the columns that an older
+  // database lacks. kIo / kCorruption naming the file.
   static Result<std::unique_ptr<Store>> Open(const std::filesystem::path& file);
   ~Store();
   Store(const Store&) = delete;

@@ -1,6 +1,10 @@
 #include "coordinator/store.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <bit>
+#include <cmath>
 
 #include "coordinator/ledger.h"
 #include "test_util.h"
@@ -9,6 +13,7 @@ namespace hanse::coord {
 namespace {
 
 using hanse::testing::TempDir;
+using hanse::testing::ToString;
 
 std::unique_ptr<Store> OpenStore(const TempDir& dir) {
   auto s = Store::Open(dir / "state.db");
@@ -127,7 +132,7 @@ TEST(Store, RoundsAndRoundSitesRoundTrip) {
 TEST(Store, UpdateKeyIsUnique) {
   TempDir dir;
   auto store = OpenStore(dir);
-  UpdateRecord u{"job-000001", 1, "paris", "task-1", std::string(64, 'c'), 10, 5, 1.0, false};
+  UpdateRecord u{"job-000001", 1, "paris", "task-1", std::string(64, 'c'), 10, 5, 1.0, false, std::nullopt};
   ASSERT_OK(store->PutUpdate(u));
   u.update_hash = std::string(64, 'd');
   Status again = store->PutUpdate(u);
@@ -141,6 +146,81 @@ TEST(Store, UpdateKeyIsUnique) {
   EXPECT_EQ(store->ListUpdates("job-000001")->size(), 2u);
 }
 
+// The validated L2 norm is stored with the update and read back bit for bit
+// (aggregation trusts it instead of recomputing); none stays none.
+TEST(Store, UpdateNormRoundTripsBitwise) {
+  TempDir dir;
+  // Not a "round" double: every bit of the mantissa matters.
+  const double norm = std::nextafter(std::sqrt(2.0) * 1e-3, 1.0);
+  {
+    auto store = OpenStore(dir);
+    UpdateRecord u{"job-000001", 1, "paris", "task-1", std::string(64, 'c'), 10, 5, 1.0, false, norm};
+    ASSERT_OK(store->PutUpdate(u));
+    u.site = "berlin";
+    u.task_id = "task-2";
+    u.l2_norm = std::nullopt;
+    ASSERT_OK(store->PutUpdate(u));
+    auto got = store->GetUpdate("job-000001", 1, "paris", "task-1");
+    ASSERT_TRUE(got.ok() && got->has_value());
+    ASSERT_TRUE((*got)->l2_norm.has_value());
+    EXPECT_EQ(std::bit_cast<uint64_t>(*(*got)->l2_norm), std::bit_cast<uint64_t>(norm));
+  }
+  // And after a restart.
+  auto store = OpenStore(dir);
+  auto all = store->ListUpdates("job-000001");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  for (const auto& u : *all) {
+    if (u.site == "paris") {
+      ASSERT_TRUE(u.l2_norm.has_value());
+      EXPECT_EQ(std::bit_cast<uint64_t>(*u.l2_norm), std::bit_cast<uint64_t>(norm));
+    } else {
+      EXPECT_FALSE(u.l2_norm.has_value()) << "no norm is stored as NULL, not 0";
+    }
+  }
+}
+
+// A database written before updates had an l2_norm column still opens: the
+// column is added, old rows read no norm (aggregation then computes it), new
+// rows keep theirs, and opening again changes nothing.
+TEST(Store, OldDatabaseWithoutNormColumnOpens) {
+  TempDir dir;
+  const auto file = dir / "state.db";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(file.c_str(), &db), SQLITE_OK);
+    const char* old_schema = R"sql(
+CREATE TABLE updates(
+  job_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, task_id TEXT NOT NULL,
+  update_hash TEXT NOT NULL, update_size INTEGER NOT NULL, examples INTEGER NOT NULL,
+  received_unix REAL NOT NULL, deleted INTEGER NOT NULL,
+  PRIMARY KEY(job_id, round, site, task_id));
+INSERT INTO updates VALUES('job-000001', 1, 'paris', 'task-1', 'cccc', 10, 5, 1.0, 0);
+)sql";
+    char* err = nullptr;
+    EXPECT_EQ(sqlite3_exec(db, old_schema, nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+    sqlite3_free(err);
+    sqlite3_close(db);
+  }
+  for (int open = 0; open < 2; ++open) {
+    auto store = OpenStore(dir);
+    ASSERT_TRUE(store);
+    auto old = store->GetUpdate("job-000001", 1, "paris", "task-1");
+    ASSERT_TRUE(old.ok() && old->has_value()) << ToString(old);
+    EXPECT_EQ((*old)->examples, 5u);
+    EXPECT_FALSE((*old)->l2_norm.has_value());
+    if (open == 0) {
+      ASSERT_OK(store->PutUpdate({"job-000001", 1, "berlin", "task-2", "dddd", 10, 7, 2.0, false, 3.5}));
+    }
+    auto added = store->GetUpdate("job-000001", 1, "berlin", "task-2");
+    ASSERT_TRUE(added.ok() && added->has_value()) << ToString(added);
+    EXPECT_EQ((*added)->l2_norm, std::optional<double>(3.5));
+    auto ic = store->IntegrityCheck();
+    ASSERT_TRUE(ic.ok());
+    EXPECT_EQ(*ic, "ok");
+  }
+}
+
 TEST(Store, HashInUseFollowsCheckpointsAndUpdates) {
   TempDir dir;
   auto store = OpenStore(dir);
@@ -150,7 +230,7 @@ TEST(Store, HashInUseFollowsCheckpointsAndUpdates) {
   EXPECT_TRUE(*store->HashInUse(h));
   ASSERT_OK(store->MarkCheckpointDeleted("job-000001", 1));
   EXPECT_FALSE(*store->HashInUse(h));
-  ASSERT_OK(store->PutUpdate({"job-000001", 1, "paris", "t", h, 10, 5, 1.0, false}));
+  ASSERT_OK(store->PutUpdate({"job-000001", 1, "paris", "t", h, 10, 5, 1.0, false, std::nullopt}));
   EXPECT_TRUE(*store->HashInUse(h));
   ASSERT_OK(store->MarkUpdateDeleted("job-000001", 1, "paris", "t"));
   EXPECT_FALSE(*store->HashInUse(h));
