@@ -6,6 +6,7 @@
 #include <iostream>
 #include <map>
 #include <thread>
+#include <tuple>
 
 #include "cli/admin_client.h"
 #include "cli/commands.h"
@@ -133,12 +134,18 @@ Outcome RunSubmit(const ConnectOptions& c, const fs::path& job_file, std::ostrea
   req.file_name = job_file.filename().string();
   req.model_hash = hash;
   req.model_size = size;
+  if (job->architecture == "torchscript") {
+    auto module = client->Offer(job->torchscript_module);
+    if (!module.ok()) return Outcome::Local(module.status().message());
+    std::tie(req.module_hash, req.module_size) = module.value();
+  }
   proto::JobSubmitted reply;
-  // The coordinator pulls the model during the call; large models need longer.
-  milliseconds timeout = c.reply_timeout + milliseconds(size / (1 << 20) * 1000);
+  // The coordinator pulls the blobs during the call; large models need longer.
+  milliseconds timeout = c.reply_timeout + milliseconds((size + req.module_size) / (1 << 20) * 1000);
   if (Outcome o = CallFor(*client, req, timeout, &reply); !o.ok()) return o;
-  if (client->Requested(hash) && !client->Uploaded(hash)) {
-    Status s = client->FinishUpload(hash, c.reply_timeout);
+  for (const std::string& h : {req.model_hash, req.module_hash}) {
+    if (h.empty() || !client->Requested(h) || client->Uploaded(h)) continue;
+    Status s = client->FinishUpload(h, c.reply_timeout);
     if (!s.ok()) return Outcome::Unreachable("job " + reply.job_id + " was accepted, but " + s.message());
   }
   info << "submitted " << job->name << " (" << job->architecture << ", " << job->strategy.rule << ", "

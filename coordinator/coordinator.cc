@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <span>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -71,7 +73,8 @@ struct Coordinator::Impl final : public RunnerHost {
     proto::Hello hello;
   };
   struct Pull {
-    enum class Kind { kUpdate, kSubmit } kind = Kind::kUpdate;
+    // A submit pulls the TorchScript module (if any), then the initial model.
+    enum class Kind { kUpdate, kSubmitModule, kSubmit } kind = Kind::kUpdate;
     proto::Principal principal;
     proto::PeerId peer;
     uint64_t reply_to = 0;
@@ -288,11 +291,37 @@ struct Coordinator::Impl final : public RunnerHost {
       spdlog::warn("site {} rejected {}: {}: {}", in.principal.name, r.ref, proto::ReasonName(r.code), r.text);
     scheduler.Finish(in.principal.name, r.ref);
   }
-  static std::string ref(const Pull& p) { return p.kind == Pull::Kind::kUpdate ? p.update.task_id : p.submit.model_hash; }
+  static std::string ref(const Pull& p) {
+    switch (p.kind) {
+      case Pull::Kind::kUpdate: return p.update.task_id;
+      case Pull::Kind::kSubmitModule: return p.submit.module_hash;
+      case Pull::Kind::kSubmit: break;
+    }
+    return p.submit.model_hash;
+  }
+
+  // A site reads the blobs of the tasks sent to it, a lead the checkpoints it
+  // fetched. After a restart a site may resume pulling the blob of a task that
+  // is queued again but not yet re-sent: its queue authorizes that too.
+  bool Readable(const proto::Principal& who, const std::string& hash) {
+    if (who.role == proto::Role::kAdmin) return true;
+    auto& granted = grants[who.name];
+    if (granted.count(hash)) return true;
+    if (who.role != proto::Role::kSite) return false;
+    for (const auto& q : scheduler.Queued(who.name)) {
+      auto run = runners.find(q.job_id);
+      if (run == runners.end()) continue;
+      proto::Task t = run->second->BuildTask(q);
+      if (t.model_hash == hash || (!t.module_hash.empty() && t.module_hash == hash)) {
+        granted.insert(hash);
+        return true;
+      }
+    }
+    return false;
+  }
 
   void On(const proto::Incoming& in, const proto::BlobRequest& req) {
-    const bool allowed = in.principal.role == proto::Role::kAdmin || grants[in.principal.name].count(req.hash);
-    if (!allowed) {
+    if (!Readable(in.principal, req.hash)) {
       Refuse(in, proto::Reason::kUnauthorized, "blob " + req.hash + " is not readable by " + in.principal.name,
              req.hash);
       return;
@@ -345,10 +374,11 @@ struct Coordinator::Impl final : public RunnerHost {
     auto list = std::move(it->second);
     pulls.erase(it);
     for (auto& p : list) {
-      if (p.kind == Pull::Kind::kUpdate)
-        FinishUpdate(p, hash);
-      else
-        FinishSubmit(p, hash);
+      switch (p.kind) {
+        case Pull::Kind::kUpdate: FinishUpdate(p, hash); break;
+        case Pull::Kind::kSubmitModule: FinishSubmitModule(std::move(p), hash); break;
+        case Pull::Kind::kSubmit: FinishSubmit(p, hash); break;
+      }
     }
   }
 
@@ -492,15 +522,52 @@ struct Coordinator::Impl final : public RunnerHost {
       Refuse(in, proto::Reason::kInvalidJob, "initial model: invalid hash or empty model", m.model_hash);
       return;
     }
+    const bool torchscript = cfg->architecture == "torchscript";
+    if (torchscript && (!IsValidHash(m.module_hash) || m.module_size == 0)) {
+      Refuse(in, proto::Reason::kInvalidJob,
+             m.file_name + ": torchscript_module: the module was not sent with the job (invalid hash or empty)",
+             m.module_hash);
+      return;
+    }
+    if (!torchscript && !m.module_hash.empty()) {
+      Refuse(in, proto::Reason::kInvalidJob,
+             m.file_name + ": architecture: a TorchScript module was sent but architecture is \"" +
+                 cfg->architecture + "\"",
+             m.module_hash);
+      return;
+    }
     spdlog::info("lead {} submits {} ({}); pulling initial model {} ({} bytes)", in.principal.name, cfg->name,
                  m.file_name, m.model_hash.substr(0, 12), m.model_size);
     Pull p;
-    p.kind = Pull::Kind::kSubmit;
+    p.kind = torchscript ? Pull::Kind::kSubmitModule : Pull::Kind::kSubmit;
     p.principal = in.principal;
     p.peer = in.peer;
     p.reply_to = in.envelope->message_id;
     p.submit = m;
-    StartPull(std::move(p), m.model_hash, m.model_size);
+    if (torchscript) {
+      StartPull(std::move(p), m.module_hash, m.module_size);
+    } else {
+      StartPull(std::move(p), m.model_hash, m.model_size);
+    }
+  }
+
+  // The module is here: check it looks like a TorchScript archive (a zip file;
+  // the coordinator does not load it), then pull the initial model.
+  void FinishSubmitModule(Pull p, const std::string& hash) {
+    char magic[4] = {};
+    auto got = blob_store->ReadAt(hash, 0, std::as_writable_bytes(std::span<char>(magic, 4)));
+    if (!got.ok() || *got != 4 || std::string_view(magic, 4) != std::string_view("PK\x03\x04", 4)) {
+      const std::string text = p.submit.file_name + ": torchscript_module: not a TorchScript archive (no zip header)";
+      spdlog::warn("job from {} refused: {}", p.principal.name, text);
+      (void)Send(p.peer, proto::Reject{proto::Reason::kInvalidJob, text, hash}, p.reply_to);
+      auto used = db->HashInUse(hash);
+      if (used.ok() && !*used) (void)blob_store->Remove(hash);
+      return;
+    }
+    p.kind = Pull::Kind::kSubmit;
+    const std::string model = p.submit.model_hash;
+    const uint64_t size = p.submit.model_size;
+    StartPull(std::move(p), model, size);
   }
 
   void FinishSubmit(const Pull& p, const std::string& hash) {
@@ -522,6 +589,8 @@ struct Coordinator::Impl final : public RunnerHost {
     job.file_name = p.submit.file_name;
     job.initial_model = hash;
     job.initial_size = p.submit.model_size;
+    job.module_hash = p.submit.module_hash;
+    job.module_size = p.submit.module_size;
     job.created_unix = UnixSeconds();
     auto runner = JobRunner::Create(std::move(job), std::move(*cfg), *this, site_names, runner_options,
                                     SteadyClock::now());
@@ -655,6 +724,7 @@ struct Coordinator::Impl final : public RunnerHost {
       }
       proto::Task task = run->second->BuildTask(*q);
       grants[name].insert(task.model_hash);
+      if (!task.module_hash.empty()) grants[name].insert(task.module_hash);
       spdlog::info("task {} ({} round {}) -> site {}", task.task_id,
                    task.kind == proto::TaskKind::kTrain ? "train" : "evaluate", task.round, name);
       SendToSite(name, std::move(task));

@@ -546,6 +546,8 @@ proto::Task JobRunner::BuildTask(const QueuedTask& q) const {
     t.model_size = round_.model_out_size;
   }
   t.architecture = config_.architecture;
+  t.module_hash = job_.module_hash;
+  t.module_size = job_.module_size;
   t.dataset = config_.dataset;
   const auto& tr = config_.training;
   t.training.epochs = tr.epochs;

@@ -96,6 +96,12 @@ bool Scheduler::IsQueued(const std::string& site, const std::string& task_id) co
                      [&](const QueuedTask& t) { return t.task_id == task_id; });
 }
 
+std::vector<QueuedTask> Scheduler::Queued(const std::string& site) const {
+  auto it = queues_.find(site);
+  if (it == queues_.end()) return {};
+  return {it->second.tasks.begin(), it->second.tasks.end()};
+}
+
 size_t Scheduler::QueueLength(const std::string& site) const {
   auto it = queues_.find(site);
   return it == queues_.end() ? 0 : it->second.tasks.size();

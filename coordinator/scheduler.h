@@ -60,6 +60,7 @@ class Scheduler {
   bool IsInFlight(const std::string& site, const std::string& task_id) const;
   bool IsQueued(const std::string& site, const std::string& task_id) const;
   size_t QueueLength(const std::string& site) const;
+  std::vector<QueuedTask> Queued(const std::string& site) const;  // head first
   std::vector<std::string> Sites() const;
 
  private:

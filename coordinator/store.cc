@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS jobs(
   reason TEXT NOT NULL, job_toml TEXT NOT NULL, file_name TEXT NOT NULL,
   initial_model TEXT NOT NULL, initial_size INTEGER NOT NULL, rounds_total INTEGER NOT NULL,
   rounds_done INTEGER NOT NULL, model_hash TEXT NOT NULL, model_size INTEGER NOT NULL,
-  opt_state_hash TEXT NOT NULL, created_unix INTEGER NOT NULL, ended_unix INTEGER NOT NULL);
+  opt_state_hash TEXT NOT NULL, created_unix INTEGER NOT NULL, ended_unix INTEGER NOT NULL,
+  module_hash TEXT NOT NULL DEFAULT '', module_size INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rounds(
   job_id TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL, state INTEGER NOT NULL,
   started_unix REAL NOT NULL, duration_s REAL NOT NULL, deadline_left_ms INTEGER NOT NULL,
@@ -67,6 +68,8 @@ struct AddedColumn {
 };
 constexpr AddedColumn kAddedColumns[] = {
     {"updates", "l2_norm", "REAL"},
+    {"jobs", "module_hash", "TEXT NOT NULL DEFAULT ''"},
+    {"jobs", "module_size", "INTEGER NOT NULL DEFAULT 0"},
 };
 
 }  // namespace
@@ -187,7 +190,7 @@ Result<std::vector<T>> Collect(Stmt& st, F&& read) {
 
 constexpr const char* kJobCols =
     "job_id,name,lead,state,reason,job_toml,file_name,initial_model,initial_size,rounds_total,rounds_done,"
-    "model_hash,model_size,opt_state_hash,created_unix,ended_unix";
+    "model_hash,model_size,opt_state_hash,created_unix,ended_unix,module_hash,module_size";
 
 JobRecord ReadJob(const Stmt& s) {
   JobRecord j;
@@ -207,6 +210,8 @@ JobRecord ReadJob(const Stmt& s) {
   j.opt_state_hash = s.Text(13);
   j.created_unix = s.Int(14);
   j.ended_unix = s.Int(15);
+  j.module_hash = s.Text(16);
+  j.module_size = s.U64(17);
   return j;
 }
 
@@ -346,16 +351,18 @@ Result<std::string> Store::NextJobId() {
 Status Store::PutJob(const JobRecord& j) {
   Stmt st(*impl_,
           "INSERT INTO jobs(job_id,name,lead,state,reason,job_toml,file_name,initial_model,initial_size,"
-          "rounds_total,rounds_done,model_hash,model_size,opt_state_hash,created_unix,ended_unix) "
-          "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET "
+          "rounds_total,rounds_done,model_hash,model_size,opt_state_hash,created_unix,ended_unix,module_hash,"
+          "module_size) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET "
           "name=excluded.name,lead=excluded.lead,state=excluded.state,reason=excluded.reason,"
           "job_toml=excluded.job_toml,file_name=excluded.file_name,initial_model=excluded.initial_model,"
           "initial_size=excluded.initial_size,rounds_total=excluded.rounds_total,rounds_done=excluded.rounds_done,"
           "model_hash=excluded.model_hash,model_size=excluded.model_size,opt_state_hash=excluded.opt_state_hash,"
-          "created_unix=excluded.created_unix,ended_unix=excluded.ended_unix");
+          "created_unix=excluded.created_unix,ended_unix=excluded.ended_unix,module_hash=excluded.module_hash,"
+          "module_size=excluded.module_size");
   st.Bind(j.job_id).Bind(j.name).Bind(j.lead).Bind(static_cast<int>(j.state)).Bind(j.reason).Bind(j.job_toml);
   st.Bind(j.file_name).Bind(j.initial_model).Bind(j.initial_size).Bind(j.rounds_total).Bind(j.rounds_done);
   st.Bind(j.model_hash).Bind(j.model_size).Bind(j.opt_state_hash).Bind(j.created_unix).Bind(j.ended_unix);
+  st.Bind(j.module_hash).Bind(j.module_size);
   return st.Run();
 }
 
@@ -521,7 +528,7 @@ Status Store::MarkCheckpointDeleted(const std::string& job_id, uint32_t round) {
 Result<bool> Store::HashInUse(const std::string& hash) {
   Stmt st(*impl_,
           "SELECT (SELECT COUNT(*) FROM checkpoints WHERE hash=?1 AND deleted=0) + "
-          "(SELECT COUNT(*) FROM jobs WHERE model_hash=?1 OR initial_model=?1 OR opt_state_hash=?1) + "
+          "(SELECT COUNT(*) FROM jobs WHERE model_hash=?1 OR initial_model=?1 OR opt_state_hash=?1 OR module_hash=?1) + "
           "(SELECT COUNT(*) FROM updates WHERE update_hash=?1 AND deleted=0) + "
           "(SELECT COUNT(*) FROM rounds WHERE (model_out=?1 OR model_in=?1 OR opt_state_out=?1) "
           "AND state NOT IN (6,8,9))");

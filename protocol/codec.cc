@@ -279,6 +279,8 @@ void PutBody(w::Envelope::Body::Builder b, const SubmitJob& v) {
   m.setFileName(T(v.file_name));
   m.setModelHash(T(v.model_hash));
   m.setModelSize(v.model_size);
+  m.setModuleHash(T(v.module_hash));
+  m.setModuleSize(v.module_size);
 }
 void PutBody(w::Envelope::Body::Builder b, const JobSubmitted& v) { b.initJobSubmitted().setJobId(T(v.job_id)); }
 void PutBody(w::Envelope::Body::Builder b, const ListJobs&) { b.setListJobs(); }
@@ -538,8 +540,12 @@ Message GetBody(w::Envelope::Body::Reader b) {
     }
     case w::Envelope::Body::SUBMIT_JOB: {
       auto r = b.getSubmitJob();
-      return SubmitJob{S(r.getJobToml()), S(r.getFileName()), Hash(r.getModelHash(), "submit_job.model_hash", false),
-                       r.getModelSize()};
+      return SubmitJob{S(r.getJobToml()),
+                       S(r.getFileName()),
+                       Hash(r.getModelHash(), "submit_job.model_hash", false),
+                       r.getModelSize(),
+                       Hash(r.getModuleHash(), "submit_job.module_hash", false),
+                       r.getModuleSize()};
     }
     case w::Envelope::Body::JOB_SUBMITTED:
       return JobSubmitted{S(b.getJobSubmitted().getJobId())};

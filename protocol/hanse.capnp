@@ -151,6 +151,9 @@ struct SubmitJob {
   fileName @1 :Text;
   modelHash @2 :Text;
   modelSize @3 :UInt64;
+  # The TorchScript module (architecture = "torchscript"), pulled like the model.
+  moduleHash @4 :Text;
+  moduleSize @5 :UInt64;
 }
 
 struct JobSubmitted {

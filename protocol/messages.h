@@ -197,6 +197,8 @@ struct SubmitJob {
   std::string file_name;                // for error messages: "job-fashion-mnist.toml"
   std::string model_hash;               // initial model, pulled from the client as a blob
   uint64_t model_size = 0;
+  std::string module_hash;              // torchscript module blob (architecture = torchscript), else empty
+  uint64_t module_size = 0;
 };
 
 struct JobSubmitted {

@@ -89,6 +89,66 @@ TEST(Coordinator, RunsTwoRoundsWhenQuorumIsMet) {
   EXPECT_EQ(h.Stop(), 0) << h.Log();
 }
 
+// A TorchScript job: the lead sends the module with the model, the coordinator
+// checks it is an archive, stores it with the job and names it in every task;
+// only the sites given such a task may read it.
+TEST(Coordinator, CarriesTheTorchScriptModuleOfAJobToItsSites) {
+  Harness h({.sites = 2});
+  h.Start();
+  h.WriteModel(100);
+  auto alice = h.Alice();
+  std::string toml = Harness::JobToml("ts", 2, 1, 3);
+  toml.replace(toml.find("architecture = \"mlp\""), 20, "architecture = \"torchscript\"\n"
+                                                        "torchscript_module = \"m.pt\"");
+  // Not an archive: refused naming the key, before any job exists.
+  WriteFile(h.dir() / "junk.pt", "def forward(self, x): return x");
+  auto r = RejectOf(alice->Submit(toml, h.dir() / "model.safetensors", "ts.toml", h.dir() / "junk.pt"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->code, proto::Reason::kInvalidJob);
+  EXPECT_NE(r->text.find("torchscript_module"), std::string::npos) << r->text;
+  // No module at all for a torchscript job.
+  r = RejectOf(alice->Submit(toml, h.dir() / "model.safetensors", "ts.toml"));
+  ASSERT_TRUE(r);
+  EXPECT_NE(r->text.find("torchscript_module"), std::string::npos) << r->text;
+  // A module with a built-in architecture.
+  WriteFile(h.dir() / "m.pt", std::string("PK\x03\x04", 4) + std::string(3000, 'z'));
+  r = RejectOf(alice->Submit(Harness::JobToml("mlp", 1, 1, 60), h.dir() / "model.safetensors", "mlp.toml",
+                             h.dir() / "m.pt"));
+  ASSERT_TRUE(r);
+  EXPECT_NE(r->text.find("architecture"), std::string::npos) << r->text;
+  EXPECT_EQ(Expect<proto::JobList>(alice->Call(proto::ListJobs{})).jobs.size(), 0u);
+
+  auto s0 = h.MakeSite(0);
+  std::string job =
+      Expect<proto::JobSubmitted>(alice->Submit(toml, h.dir() / "model.safetensors", "ts.toml", h.dir() / "m.pt"))
+          .job_id;
+  auto module_hash = alice->store().PutFile(h.dir() / "m.pt");
+  ASSERT_TRUE(module_hash.ok());
+  ASSERT_TRUE(s0->WaitFor([](const auto& st) { return !st.modules.empty(); }, 30s)) << h.Log();
+  auto [hash, size] = s0->stats().modules.begin()->second;
+  EXPECT_EQ(hash, *module_hash);
+  EXPECT_EQ(size, 3004u);
+  // The site given the task reads the module; bob does not.
+  auto site0 = h.SiteClient(0);
+  auto chunk = site0->Call(proto::BlobRequest{hash, 0, 1, 0});
+  ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+  ASSERT_TRUE(std::holds_alternative<proto::BlobChunk>(*chunk)) << proto::KindName(*chunk);
+  EXPECT_EQ(std::get<proto::BlobChunk>(*chunk).total_size, 3004u);
+  auto bob = h.Bob();
+  r = RejectOf(bob->Call(proto::BlobRequest{hash, 0, 1, 0}));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->code, proto::Reason::kUnauthorized);
+  // The module is stored with the job: after a restart the tasks still name it.
+  h.Kill();
+  s0.reset();
+  h.Start();
+  auto s0b = h.MakeSite(0);
+  ASSERT_TRUE(s0b->WaitFor([](const auto& st) { return !st.modules.empty(); }, 30s)) << h.Log();
+  EXPECT_EQ(s0b->stats().modules.begin()->second.first, *module_hash);
+  auto alice2 = h.Alice();
+  EXPECT_TRUE(WaitJobState(*alice2, job, proto::JobState::kSucceeded, 60s)) << h.Log();
+}
+
 TEST(Coordinator, ClosesAtDeadlineWithMinSitesAndRejectsTheLateUpdate) {
   Harness h({.sites = 3});
   h.Start();
@@ -272,7 +332,7 @@ TEST(Coordinator, AuthorizesByRole) {
   auto site = h.SiteClient(0);
   EXPECT_EQ(Expect<proto::JobList>(site->Call(proto::ListJobs{})).jobs.size(), 1u);
   EXPECT_EQ(Status(*site, job).summary.job_id, job);
-  r = RejectOf(site->Call(proto::SubmitJob{Harness::JobToml("x", 1, 1, 10), "x.toml", std::string(64, 'a'), 10}));
+  r = RejectOf(site->Call(proto::SubmitJob{Harness::JobToml("x", 1, 1, 10), "x.toml", std::string(64, 'a'), 10, "", 0}));
   ASSERT_TRUE(r);
   EXPECT_EQ(r->code, proto::Reason::kUnauthorized);
   r = RejectOf(site->Call(proto::CancelJob{job}));

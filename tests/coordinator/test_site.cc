@@ -228,6 +228,7 @@ void TestSite::Loop() {
       {
         std::lock_guard l(mu_);
         stats_.tasks.push_back(t->task_id);
+        if (!t->module_hash.empty()) stats_.modules[t->task_id] = {t->module_hash, t->module_size};
       }
       auto it = work.find(t->task_id);
       if (it != work.end()) {
@@ -367,10 +368,15 @@ Result<proto::Message> AdminClient::Call(proto::Message request, std::chrono::mi
 }
 
 Result<proto::Message> AdminClient::Submit(const std::string& job_toml, const std::filesystem::path& model_file,
-                                           const std::string& file_name) {
-  HANSE_ASSIGN_OR_RETURN(std::string hash, store_->PutFile(model_file));
-  HANSE_ASSIGN_OR_RETURN(uint64_t size, store_->Size(hash));
-  return Call(proto::SubmitJob{job_toml, file_name, hash, size}, std::chrono::seconds(60));
+                                           const std::string& file_name, const std::filesystem::path& module_file) {
+  proto::SubmitJob m{job_toml, file_name, "", 0, "", 0};
+  HANSE_ASSIGN_OR_RETURN(m.model_hash, store_->PutFile(model_file));
+  HANSE_ASSIGN_OR_RETURN(m.model_size, store_->Size(m.model_hash));
+  if (!module_file.empty()) {
+    HANSE_ASSIGN_OR_RETURN(m.module_hash, store_->PutFile(module_file));
+    HANSE_ASSIGN_OR_RETURN(m.module_size, store_->Size(m.module_hash));
+  }
+  return Call(m, std::chrono::seconds(60));
 }
 
 Result<std::string> AdminClient::Fetch(const std::string& job_id, std::optional<uint32_t> round,

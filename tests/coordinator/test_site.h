@@ -72,6 +72,7 @@ class TestSite {
 
   struct Stats {
     std::vector<std::string> tasks;              // task ids offered (with repeats)
+    std::map<std::string, std::pair<std::string, uint64_t>> modules;  // task id -> module hash, size
     std::vector<std::string> cancels;
     std::map<std::string, int> acks;             // by ref
     std::vector<proto::Reject> rejects;
@@ -103,8 +104,10 @@ class AdminClient {
   // Serves BlobRequests meanwhile (the coordinator pulls submitted models).
   Result<proto::Message> Call(proto::Message request, std::chrono::milliseconds timeout = std::chrono::seconds(30));
   // Submit: puts the model file in the client's store, sends SubmitJob, waits.
+  // With `module_file`, also the TorchScript module.
   Result<proto::Message> Submit(const std::string& job_toml, const std::filesystem::path& model_file,
-                                const std::string& file_name = "job.toml");
+                                const std::string& file_name = "job.toml",
+                                const std::filesystem::path& module_file = {});
   // Fetch: FetchModel then pulls the blob; returns its bytes hash.
   Result<std::string> Fetch(const std::string& job_id, std::optional<uint32_t> round,
                             std::chrono::milliseconds timeout = std::chrono::seconds(60));

@@ -57,13 +57,13 @@ std::vector<Message> AllKinds() {
       task,
       CancelTask{"t-1", "job cancelled"},
       Busy{"t-2"},
-      BlobRequest{kHashA, 4096, 4},
+      BlobRequest{kHashA, 4096, 4, 1024},
       BlobChunk{kHashA, 4, 10, std::string("\0\1\2\3\4\5", 6), true},
       Update{"t-1", "j-1", 3, kHashB, 777, 600, {Metric{"train_loss", 0.3}, Metric{"train_accuracy", 0.9}}, SomeUsage()},
       EvaluationResult{"t-1", "j-1", 3, 100, 0.45, 0.83, SomeUsage()},
       Ack{"t-1", "stored"},
       Reject{Reason::kPolicyEpochs, "epochs 50 > max_epochs 10", "t-1"},
-      SubmitJob{"name = \"x\"\n", "job.toml", kHashA, 4096},
+      SubmitJob{"architecture = \"torchscript\"\n", "job.toml", kHashA, 4096, kHashB, 1234},
       JobSubmitted{"j-7"},
       ListJobs{},
       JobList{{summary, JobSummary{"j-2", "b", "bob", JobState::kFailed, 0, 1, "no quorum", 5}}},
@@ -193,7 +193,7 @@ TEST(Codec, RejectsOversizeFrames) {
   ASSERT_FALSE(big.ok());
   EXPECT_NE(big.status().message().find("exceeds the limit"), std::string::npos);
   // Only chunks may be large: a 2 MiB job file is refused by the per-kind limit.
-  auto control = Decode(Frame(SubmitJob{std::string(2 << 20, 'a'), "j.toml", "", 0}));
+  auto control = Decode(Frame(SubmitJob{std::string(2 << 20, 'a'), "j.toml", "", 0, "", 0}));
   ASSERT_FALSE(control.ok());
   EXPECT_NE(control.status().message().find("non-chunk"), std::string::npos) << control.status().message();
   // while a chunk of 4 MiB passes the default limits.
