@@ -1,5 +1,6 @@
 // Shared test helpers: status matchers, temp folders, child processes with
-// timeouts. Header-only so every test binary can include it.
+// timeouts, and a hanse deployment of real binaries on 127.0.0.1. Header-only so
+// every test binary can include it.
 #pragma once
 
 #include <fcntl.h>
@@ -21,20 +22,26 @@
 
 #include <gtest/gtest.h>
 
+#include "core/config.h"
 #include "core/status.h"
 
-#define ASSERT_OK(expr)                                          \
-  do {                                                           \
-    const auto& _s = (expr);                                     \
-    ASSERT_TRUE(_s.ok()) << #expr << ": " << _s.ToString();      \
-  } while (0)
-#define EXPECT_OK(expr)                                          \
-  do {                                                           \
-    const auto& _s = (expr);                                     \
-    EXPECT_TRUE(_s.ok()) << #expr << ": " << _s.ToString();      \
+// ASSERT_OK(expr) / EXPECT_OK(expr): `expr` is a Status or a Result<T>; on
+// failure the message names the expression and prints the status.
+#define ASSERT_OK(expr) HANSE_TEST_OK_(FAIL, expr, #expr)
+#define EXPECT_OK(expr) HANSE_TEST_OK_(ADD_FAILURE, expr, #expr)
+#define HANSE_TEST_OK_(fail, expr, text)                                                  \
+  do {                                                                                    \
+    const auto& hanse_ok_value_ = (expr);                                                 \
+    const ::hanse::Status& hanse_ok_status_ = ::hanse::testing::AsStatus(hanse_ok_value_); \
+    if (!hanse_ok_status_.ok()) fail() << text << ": " << hanse_ok_status_.ToString();    \
   } while (0)
 
 namespace hanse::testing {
+
+// The Status of a Status or of a Result<T> (ok when it holds a value).
+inline const Status& AsStatus(const Status& s) { return s; }
+template <class T>
+const Status& AsStatus(const Result<T>& r) { return r.status(); }
 
 inline std::string ToString(const Status& s) { return s.ToString(); }
 template <class T>
@@ -78,8 +85,67 @@ inline std::string ReadFile(const std::filesystem::path& p) {
   return ss.str();
 }
 
+// `text` cut at every `sep` (a trailing separator adds no empty last piece).
+inline std::vector<std::string> Split(const std::string& text, char sep = '\n') {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, sep)) out.push_back(item);
+  return out;
+}
+
+// How many times `what` occurs in `text` (overlapping occurrences count).
+inline size_t CountOf(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
+  return n;
+}
+
+// A field of /proc/self/status in KiB ("VmRSS:", "VmHWM:"); -1 when missing.
+inline long ProcStatusKb(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field)));
+  }
+  return -1;
+}
+
+// ASan's quarantine keeps freed memory resident, so RSS is no measure there.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kRssMeaningful = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kRssMeaningful = false;
+#else
+inline constexpr bool kRssMeaningful = true;
+#endif
+#else
+inline constexpr bool kRssMeaningful = true;
+#endif
+
 inline std::filesystem::path BinDir() { return HANSE_BIN_DIR; }
 inline std::filesystem::path SourceDir() { return HANSE_SOURCE_DIR; }
+// A built executable: BinDir()/name.
+inline std::string Bin(const std::string& name) { return (BinDir() / name).string(); }
+
+// Debian's Fashion-MNIST (package dataset-fashion-mnist): train-* and t10k-* IDX files, gzipped.
+inline std::filesystem::path FashionMnistDir() { return "/usr/share/datasets/fashion-mnist"; }
+inline bool HaveFashionMnist() { return std::filesystem::exists(FashionMnistDir() / "train-images-idx3-ubyte.gz"); }
+// Those files as a dataset "fashion-mnist" with separate test files, capped at
+// `max_train` / `max_test` examples (0: all).
+inline DatasetConfig FashionMnistConfig(uint64_t max_train = 0, uint64_t max_test = 0) {
+  DatasetConfig c;
+  c.name = "fashion-mnist";
+  c.format = "idx";
+  c.train_images = FashionMnistDir() / "train-images-idx3-ubyte.gz";
+  c.train_labels = FashionMnistDir() / "train-labels-idx1-ubyte.gz";
+  c.test_images = FashionMnistDir() / "t10k-images-idx3-ubyte.gz";
+  c.test_labels = FashionMnistDir() / "t10k-labels-idx1-ubyte.gz";
+  c.max_train_examples = max_train;
+  c.max_test_examples = max_test;
+  return c;
+}
 
 // A child process this test started; killed (SIGKILL) at destruction if still running.
 class Child {
@@ -199,6 +265,153 @@ bool WaitFor(Pred pred, std::chrono::milliseconds timeout) {
 
 // A TCP port that was free a moment ago on 127.0.0.1 (bind to port 0, read it back).
 int FreePort();
+// "tcp://127.0.0.1:PORT" on a port that was free a moment ago.
+inline std::string LocalEndpoint() { return "tcp://127.0.0.1:" + std::to_string(FreePort()); }
+
+// Sends SIGTERM to each running child, then waits up to `timeout` for each in
+// turn; those still running are killed (SIGKILL) and their pids returned.
+inline std::vector<pid_t> StopAll(const std::vector<Child*>& children, std::chrono::milliseconds timeout) {
+  for (Child* c : children) c->Signal(SIGTERM);
+  std::vector<pid_t> ignored;
+  for (Child* c : children) {
+    if (c->pid() > 0 && !c->Wait(timeout)) {
+      ignored.push_back(c->pid());
+      c->Signal(SIGKILL);
+    }
+  }
+  return ignored;
+}
+
+// ---- A hanse deployment of the real binaries on 127.0.0.1 ----
+//
+// Config files name keys as keys/NAME.key and keys/NAME.pub and every path
+// relative to the folder that holds them, as `hanse keygen --out keys` writes.
+
+// A client config (client.toml) for `me`, trusting keys/<server>.pub as the coordinator's key.
+inline std::string ClientToml(const std::string& endpoint, const std::string& me,
+                              const std::string& server = "coordinator") {
+  return "coordinator = \"" + endpoint + "\"\ncoordinator_public_key = \"keys/" + server + ".pub\"\nkey = \"keys/" +
+         me + ".key\"\n";
+}
+
+// Who a coordinator admits, by role.
+struct Principals {
+  std::vector<std::string> sites, leads, admins;
+};
+
+// A coordinator config listening on `endpoint` with keys/coordinator.key and
+// its state in `data_dir`; `tables` (TOML, e.g. "[rates]...") come before the principals.
+inline std::string CoordinatorToml(const std::string& endpoint, const std::string& data_dir, const Principals& who,
+                                   const std::string& tables = "") {
+  std::string text = "listen = \"" + endpoint + "\"\nkey = \"keys/coordinator.key\"\ndata_dir = \"" + data_dir +
+                     "\"\n" + tables;
+  auto add = [&](const char* role, const std::vector<std::string>& names) {
+    for (const auto& n : names) {
+      text += std::string("[[") + role + "]]\nname = \"" + n + "\"\npublic_key = \"keys/" + n + ".pub\"\n";
+    }
+  };
+  add("site", who.sites);
+  add("lead", who.leads);
+  add("admin", who.admins);
+  return text;
+}
+
+// The first lines of a site config: site `name`, its coordinator at `endpoint`,
+// its key keys/<name>.key, its state in <name>/. The caller adds the rest.
+inline std::string SiteTomlHead(const std::string& name, const std::string& endpoint) {
+  return "name = \"" + name + "\"\ncoordinator = \"" + endpoint +
+         "\"\ncoordinator_public_key = \"keys/coordinator.pub\"\nkey = \"keys/" + name + ".key\"\ndata_dir = \"" +
+         name + "\"\n";
+}
+
+// A site config's [datasets.fashion-mnist] table over FashionMnistDir(), capped.
+inline std::string FashionMnistToml(uint64_t max_train, uint64_t max_test) {
+  const std::string d = FashionMnistDir().string() + "/";
+  return "[datasets.fashion-mnist]\nformat = \"idx\"\n"
+         "train_images = \"" + d + "train-images-idx3-ubyte.gz\"\n"
+         "train_labels = \"" + d + "train-labels-idx1-ubyte.gz\"\n"
+         "test_images = \"" + d + "t10k-images-idx3-ubyte.gz\"\n"
+         "test_labels = \"" + d + "t10k-labels-idx1-ubyte.gz\"\n"
+         "max_train_examples = " + std::to_string(max_train) + "\nmax_test_examples = " + std::to_string(max_test) +
+         "\n";
+}
+
+// A fresh folder for one deployment, and the commands run in it: each
+// command's output goes to the next numbered log, and each runs under a time
+// limit (the child is killed past it: exit code -1).
+class Deployment {
+ public:
+  struct Options {
+    std::string log_prefix = "run";                              // logs <prefix>-1.log, <prefix>-2.log, ...
+    std::chrono::milliseconds limit = std::chrono::seconds(60);  // default limit of Run and Hanse
+    bool xdg_cache = false;   // XDG_CACHE_HOME=<folder>/cache for every command
+    bool xdg_config = false;  // XDG_CONFIG_HOME=<folder>/xdg for every command
+  };
+
+  Deployment() : Deployment(Options{}) {}
+  explicit Deployment(Options options) : options_(std::move(options)) {
+    if (options_.xdg_cache) env_.push_back("XDG_CACHE_HOME=" + (dir_ / "cache").string());
+    if (options_.xdg_config) env_.push_back("XDG_CONFIG_HOME=" + (dir_ / "xdg").string());
+  }
+
+  const std::filesystem::path& path() const { return dir_.path(); }
+  std::filesystem::path operator/(const std::string& p) const { return dir_ / p; }
+
+  RunResult Run(const std::vector<std::string>& argv, std::optional<std::chrono::milliseconds> limit = std::nullopt) {
+    return ::hanse::testing::Run(argv, dir_ / (options_.log_prefix + "-" + std::to_string(++runs_) + ".log"),
+                                 limit.value_or(options_.limit), env_);
+  }
+  // `hanse --config <folder>/<config> args...`
+  RunResult Hanse(const std::string& config, std::vector<std::string> args,
+                  std::optional<std::chrono::milliseconds> limit = std::nullopt) {
+    args.insert(args.begin(), {Bin("hanse"), "--config", (dir_ / config).string()});
+    return Run(args, limit);
+  }
+  // `hanse keygen NAME --out keys` for each name; a fatal failure at the first that fails.
+  void MakeKeys(const std::vector<std::string>& names) {
+    for (const auto& n : names) {
+      auto r = Run({Bin("hanse"), "keygen", n, "--out", (dir_ / "keys").string()});
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+    }
+  }
+
+  // hanse-coordinator with <folder>/<config>, its output in coordinator.log.
+  Child StartCoordinator(const std::string& config = "coordinator.toml") const {
+    return Child::Start({Bin("hanse-coordinator"), "--config", (dir_ / config).string()}, dir_ / "coordinator.log");
+  }
+  // Whether, within `timeout`, `coordinator` is running and answers `hanse jobs` with `client_config`.
+  bool WaitServing(Child& coordinator, const std::string& client_config, std::chrono::milliseconds timeout) {
+    return WaitFor(
+        [&] { return coordinator.Running() && Hanse(client_config, {"--connect-timeout", "1", "jobs"}).exit_code == 0; },
+        timeout);
+  }
+  // hanse-worker with <folder>/site-<site>.toml on one thread, its output in <site>.log.
+  Child StartWorker(const std::string& site) const {
+    return Child::Start({Bin("hanse-worker"), "--config", (dir_ / ("site-" + site + ".toml")).string()},
+                        dir_ / (site + ".log"), {"OMP_NUM_THREADS=1"});
+  }
+  // Whether, within `timeout`, `hanse sites` with `admin_config` lists exactly `n` sites connected.
+  bool WaitSitesConnected(const std::string& admin_config, size_t n, std::chrono::milliseconds timeout) {
+    return WaitFor([&] { return CountOf(Hanse(admin_config, {"sites"}).output, " connected ") == n; }, timeout);
+  }
+
+  // The last `max_chars` of each <name>.log, each after a "---- <name>.log (tail)" line.
+  std::string LogTails(const std::vector<std::string>& names, size_t max_chars) const {
+    std::string out;
+    for (const auto& n : names) {
+      std::string text = ReadFile(dir_ / (n + ".log"));
+      if (text.size() > max_chars) text = text.substr(text.size() - max_chars);
+      out += "---- " + n + ".log (tail)\n" + text + "\n";
+    }
+    return out;
+  }
+
+ private:
+  TempDir dir_;
+  Options options_;
+  std::vector<std::string> env_;
+  int runs_ = 0;
+};
 
 }  // namespace hanse::testing
 

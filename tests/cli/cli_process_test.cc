@@ -10,41 +10,30 @@
 
 #include "core/keys.h"
 #include "protocol/transport.h"
+#include "test_net.h"
 #include "test_util.h"
 
 namespace hanse::cli {
 namespace {
 
 namespace fs = std::filesystem;
-using hanse::testing::Child;
-using hanse::testing::FreePort;
+using hanse::testing::ClientToml;
+using hanse::testing::LocalEndpoint;
 using hanse::testing::ReadFile;
-using hanse::testing::Run;
 using hanse::testing::RunResult;
-using hanse::testing::TempDir;
 using hanse::testing::WriteFile;
 using std::chrono::seconds;
 
-std::string HanseBin() { return (hanse::testing::BinDir() / "hanse").string(); }
-std::string Coordinator() { return (hanse::testing::BinDir() / "hanse-coordinator").string(); }
+// A test's folder: hanse runs in it with its own XDG config and cache folders,
+// its output in hanse-N.log, never longer than 30 s unless told.
+struct CliDir : hanse::testing::Deployment {
+  CliDir() : Deployment({.log_prefix = "hanse", .limit = seconds(30), .xdg_cache = true, .xdg_config = true}) {}
+};
 
 // Runs hanse with `args`; never longer than `limit` (the child is killed: exit_code -1).
-RunResult H(const TempDir& dir, std::vector<std::string> args, seconds limit = seconds(30)) {
-  args.insert(args.begin(), HanseBin());
-  static int n = 0;
-  return Run(args, dir / ("hanse-" + std::to_string(++n) + ".log"), limit,
-             {"XDG_CACHE_HOME=" + (dir / "cache").string(), "XDG_CONFIG_HOME=" + (dir / "xdg").string()});
-}
-
-void MakeKey(const TempDir& dir, const std::string& name) {
-  auto r = H(dir, {"keygen", name, "--out", (dir / "keys").string()});
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-}
-
-void WriteClient(const TempDir& dir, const std::string& endpoint, const std::string& server_pub,
-                 const std::string& me, const std::string& file = "client.toml") {
-  WriteFile(dir / file, "coordinator = \"" + endpoint + "\"\ncoordinator_public_key = \"keys/" + server_pub +
-                            ".pub\"\nkey = \"keys/" + me + ".key\"\n");
+RunResult H(CliDir& dir, std::vector<std::string> args, seconds limit = seconds(30)) {
+  args.insert(args.begin(), hanse::testing::Bin("hanse"));
+  return dir.Run(args, limit);
 }
 
 // A model file in the safetensors layout: mlp 784-8-10, every value `value`.
@@ -117,7 +106,7 @@ void WriteJob(const fs::path& p, const std::string& extra_top = "", const std::s
 // ---------------------------------------------------------------- no server ----
 
 TEST(HanseCli, HelpListsCommandsAndExitCodes) {
-  TempDir dir;
+  CliDir dir;
   auto r = H(dir, {"--help"});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   for (const char* word : {"keygen", "submit", "jobs", "status", "watch", "cancel", "fetch", "report", "usage",
@@ -132,7 +121,7 @@ TEST(HanseCli, HelpListsCommandsAndExitCodes) {
 }
 
 TEST(HanseCli, UnknownCommandOrMissingArgumentIsExitOne) {
-  TempDir dir;
+  CliDir dir;
   EXPECT_EQ(H(dir, {"frobnicate"}).exit_code, 1);
   EXPECT_EQ(H(dir, {}).exit_code, 1);
   auto r = H(dir, {"fetch", "j1"});  // no -o
@@ -144,7 +133,7 @@ TEST(HanseCli, UnknownCommandOrMissingArgumentIsExitOne) {
 }
 
 TEST(HanseCli, KeygenWritesAPrivateKeyAndRefusesToOverwrite) {
-  TempDir dir;
+  CliDir dir;
   auto r = H(dir, {"keygen", "--name", "paris", "--out", (dir / "k").string()});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   auto pub = LoadPublicKey(dir / "k" / "paris.pub");
@@ -158,18 +147,17 @@ TEST(HanseCli, KeygenWritesAPrivateKeyAndRefusesToOverwrite) {
 }
 
 TEST(HanseCli, MissingClientConfigSaysWhereItLooked) {
-  TempDir dir;
+  CliDir dir;
   auto r = H(dir, {"jobs"});
   EXPECT_EQ(r.exit_code, 4) << r.output;
   EXPECT_NE(r.output.find((dir / "xdg" / "hanse" / "client.toml").string()), std::string::npos) << r.output;
 }
 
 TEST(HanseCli, WrongEndpointFailsFastWithExitThree) {
-  TempDir dir;
-  MakeKey(dir, "coordinator");
-  MakeKey(dir, "alice");
-  std::string endpoint = "tcp://127.0.0.1:" + std::to_string(FreePort());
-  WriteClient(dir, endpoint, "coordinator", "alice");
+  CliDir dir;
+  dir.MakeKeys({"coordinator", "alice"});
+  std::string endpoint = LocalEndpoint();
+  WriteFile(dir / "client.toml", ClientToml(endpoint, "alice"));
   auto r = H(dir, {"--config", (dir / "client.toml").string(), "--connect-timeout", "1", "jobs"}, seconds(30));
   ASSERT_NE(r.exit_code, -1) << "hung: " << r.output;
   EXPECT_EQ(r.exit_code, 3) << r.output;
@@ -178,10 +166,9 @@ TEST(HanseCli, WrongEndpointFailsFastWithExitThree) {
 }
 
 TEST(HanseCli, JobFileWithABadKeyNamesFileLineAndKey) {
-  TempDir dir;
-  MakeKey(dir, "coordinator");
-  MakeKey(dir, "alice");
-  WriteClient(dir, "tcp://127.0.0.1:" + std::to_string(FreePort()), "coordinator", "alice");
+  CliDir dir;
+  dir.MakeKeys({"coordinator", "alice"});
+  WriteFile(dir / "client.toml", ClientToml(LocalEndpoint(), "alice"));
   WriteJob(dir / "job.toml", "", "epochz = 3\n");
   auto r = H(dir, {"--config", (dir / "client.toml").string(), "submit", (dir / "job.toml").string()});
   EXPECT_EQ(r.exit_code, 4) << r.output;
@@ -192,7 +179,7 @@ TEST(HanseCli, JobFileWithABadKeyNamesFileLineAndKey) {
 }
 
 TEST(HanseCli, AggregateFedAvgWeightsByExamples) {
-  TempDir dir;
+  CliDir dir;
   WriteTinyMlp(dir / "a.safetensors", 1.0f);
   WriteTinyMlp(dir / "b.safetensors", 3.0f);
   auto r = H(dir, {"aggregate", "--rule", "fedavg", "--weights", "100,300", (dir / "a.safetensors").string(),
@@ -220,7 +207,7 @@ TEST(HanseCli, AggregateFedAvgWeightsByExamples) {
 }
 
 TEST(HanseCli, AuditVerifyOfAMissingFileIsALocalError) {
-  TempDir dir;
+  CliDir dir;
   auto r = H(dir, {"audit", "verify", (dir / "nope.log").string()});
   EXPECT_EQ(r.exit_code, 4) << r.output;
   EXPECT_NE(r.output.find("nope.log"), std::string::npos) << r.output;
@@ -232,18 +219,14 @@ struct FakeCoordinator {
   std::string endpoint;
 };
 
-FakeCoordinator StartFake(const TempDir& dir, const std::string& lead) {
+FakeCoordinator StartFake(const CliDir& dir, const std::string& lead) {
   FakeCoordinator f;
   auto secret = LoadSecretKey(dir / "keys" / "coordinator.key");
   auto pub = LoadPublicKey(dir / "keys" / "coordinator.pub");
   auto lead_pub = LoadPublicKey(dir / "keys" / (lead + ".pub"));
   if (!secret.ok() || !pub.ok() || !lead_pub.ok()) return f;
-  proto::ServerOptions o;
-  o.endpoint = "tcp://127.0.0.1:0";
-  o.secret_key = secret.value();
-  o.public_key = pub.value();
-  o.principals = {{lead, proto::Role::kLead, lead_pub.value()}};
-  auto s = proto::Server::Bind(o);
+  auto s = proto::Server::Bind(hanse::testing::CurveServerOptions({pub.value(), secret.value()},
+                                                                  {{lead, proto::Role::kLead, lead_pub.value()}}));
   if (!s.ok()) {
     ADD_FAILURE() << s.status().ToString();
     return f;
@@ -254,11 +237,11 @@ FakeCoordinator StartFake(const TempDir& dir, const std::string& lead) {
 }
 
 TEST(HanseCli, WrongCoordinatorKeyIsExitThreeWithoutHanging) {
-  TempDir dir;
-  for (const char* k : {"coordinator", "alice", "impostor"}) MakeKey(dir, k);
+  CliDir dir;
+  dir.MakeKeys({"coordinator", "alice", "impostor"});
   FakeCoordinator fake = StartFake(dir, "alice");
   ASSERT_TRUE(fake.server);
-  WriteClient(dir, fake.endpoint, "impostor", "alice");  // the wrong server key
+  WriteFile(dir / "client.toml", ClientToml(fake.endpoint, "alice", "impostor"));  // the wrong server key
   auto r = H(dir, {"--config", (dir / "client.toml").string(), "--connect-timeout", "2", "sites"}, seconds(30));
   ASSERT_NE(r.exit_code, -1) << "hung: " << r.output;
   EXPECT_EQ(r.exit_code, 3) << r.output;
@@ -266,11 +249,11 @@ TEST(HanseCli, WrongCoordinatorKeyIsExitThreeWithoutHanging) {
 }
 
 TEST(HanseCli, UnlistedClientKeyIsExitThree) {
-  TempDir dir;
-  for (const char* k : {"coordinator", "alice", "mallory"}) MakeKey(dir, k);
+  CliDir dir;
+  dir.MakeKeys({"coordinator", "alice", "mallory"});
   FakeCoordinator fake = StartFake(dir, "alice");
   ASSERT_TRUE(fake.server);
-  WriteClient(dir, fake.endpoint, "coordinator", "mallory");
+  WriteFile(dir / "client.toml", ClientToml(fake.endpoint, "mallory"));
   auto r = H(dir, {"--config", (dir / "client.toml").string(), "--connect-timeout", "2", "jobs"}, seconds(30));
   ASSERT_NE(r.exit_code, -1) << "hung: " << r.output;
   EXPECT_EQ(r.exit_code, 3) << r.output;
@@ -278,11 +261,10 @@ TEST(HanseCli, UnlistedClientKeyIsExitThree) {
 }
 
 TEST(HanseCli, SecretKeyReadableByOthersIsALocalError) {
-  TempDir dir;
-  MakeKey(dir, "coordinator");
-  MakeKey(dir, "alice");
+  CliDir dir;
+  dir.MakeKeys({"coordinator", "alice"});
   fs::permissions(dir / "keys" / "alice.key", fs::perms::group_read | fs::perms::others_read, fs::perm_options::add);
-  WriteClient(dir, "tcp://127.0.0.1:" + std::to_string(FreePort()), "coordinator", "alice");
+  WriteFile(dir / "client.toml", ClientToml(LocalEndpoint(), "alice"));
   auto r = H(dir, {"--config", (dir / "client.toml").string(), "jobs"});
   EXPECT_EQ(r.exit_code, 4) << r.output;
   EXPECT_NE(r.output.find("alice.key"), std::string::npos) << r.output;
@@ -293,36 +275,27 @@ TEST(HanseCli, SecretKeyReadableByOthersIsALocalError) {
 class WithCoordinator : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(fs::exists(Coordinator())) << Coordinator() << " is not built";
-    for (const char* k : {"coordinator", "alice", "admin", "paris"}) ASSERT_NO_FATAL_FAILURE(MakeKey(dir_, k));
-    endpoint_ = "tcp://127.0.0.1:" + std::to_string(FreePort());
-    WriteFile(dir_ / "coordinator.toml", "listen = \"" + endpoint_ +
-                                             "\"\nkey = \"keys/coordinator.key\"\ndata_dir = \"data\"\n"
-                                             "[[site]]\nname = \"paris\"\npublic_key = \"keys/paris.pub\"\n"
-                                             "[[lead]]\nname = \"alice\"\npublic_key = \"keys/alice.pub\"\n"
-                                             "[[admin]]\nname = \"admin\"\npublic_key = \"keys/admin.pub\"\n");
-    WriteClient(dir_, endpoint_, "coordinator", "alice");
-    WriteClient(dir_, endpoint_, "coordinator", "admin", "admin.toml");
-    coordinator_ = Child::Start({Coordinator(), "--config", (dir_ / "coordinator.toml").string()},
-                                dir_ / "coordinator.log");
-    bool up = hanse::testing::WaitFor(
-        [&] { return coordinator_.Running() && Hanse({"--connect-timeout", "1", "jobs"}).exit_code == 0; },
-        std::chrono::seconds(30));
+    const std::string coordinator = hanse::testing::Bin("hanse-coordinator");
+    ASSERT_TRUE(fs::exists(coordinator)) << coordinator << " is not built";
+    ASSERT_NO_FATAL_FAILURE(dir_.MakeKeys({"coordinator", "alice", "admin", "paris"}));
+    endpoint_ = LocalEndpoint();
+    WriteFile(dir_ / "coordinator.toml",
+              hanse::testing::CoordinatorToml(endpoint_, "data", {{"paris"}, {"alice"}, {"admin"}}));
+    WriteFile(dir_ / "client.toml", ClientToml(endpoint_, "alice"));
+    WriteFile(dir_ / "admin.toml", ClientToml(endpoint_, "admin"));
+    coordinator_ = dir_.StartCoordinator();
+    bool up = dir_.WaitServing(coordinator_, "client.toml", seconds(30));
     ASSERT_TRUE(up) << "coordinator did not come up:\n" << coordinator_.Log();
   }
-  void TearDown() override {
-    coordinator_.Signal(SIGTERM);
-    if (!coordinator_.Wait(std::chrono::seconds(10))) coordinator_.Signal(SIGKILL);
-  }
+  void TearDown() override { hanse::testing::StopAll({&coordinator_}, seconds(10)); }
   RunResult Hanse(std::vector<std::string> args, seconds limit = seconds(30),
                   const std::string& config = "client.toml") {
-    args.insert(args.begin(), {"--config", (dir_ / config).string()});
-    return H(dir_, args, limit);
+    return dir_.Hanse(config, std::move(args), limit);
   }
 
-  TempDir dir_;
+  CliDir dir_;
   std::string endpoint_;
-  Child coordinator_;
+  hanse::testing::Child coordinator_;
 };
 
 TEST_F(WithCoordinator, UnknownJobIsRefusedWithExitTwo) {

@@ -3,34 +3,19 @@
 // an mlp job of 3 rounds on a subset of Fashion-MNIST, driven by the `hanse` CLI.
 #include <gtest/gtest.h>
 
-#include <csignal>
-#include <fstream>
-#include <sstream>
-
 #include "test_util.h"
 
 namespace hanse {
 namespace {
 
 namespace fs = std::filesystem;
-using hanse::testing::Child;
+using hanse::testing::Bin;
+using hanse::testing::CountOf;
 using hanse::testing::ReadFile;
 using hanse::testing::RunResult;
-using hanse::testing::TempDir;
+using hanse::testing::Split;
 using hanse::testing::WriteFile;
 using std::chrono::seconds;
-
-const char* kFashion = "/usr/share/datasets/fashion-mnist/";
-
-std::string Bin(const std::string& name) { return (hanse::testing::BinDir() / name).string(); }
-
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, sep)) out.push_back(item);
-  return out;
-}
 
 // "accuracy 0.8123 loss 0.51 examples 10000" -> 0.8123
 double ParseAccuracy(const std::string& out) {
@@ -41,45 +26,21 @@ double ParseAccuracy(const std::string& out) {
 
 class EndToEnd : public ::testing::Test {
  protected:
-  RunResult Run(std::vector<std::string> argv, seconds limit = seconds(60)) {
-    return hanse::testing::Run(argv, dir_ / ("run-" + std::to_string(++runs_) + ".log"), limit,
-                               {"XDG_CACHE_HOME=" + (dir_ / "cache").string()});
-  }
+  RunResult Run(std::vector<std::string> argv, seconds limit = seconds(60)) { return dir_.Run(argv, limit); }
   RunResult Hanse(std::vector<std::string> args, const std::string& config = "client.toml",
                   seconds limit = seconds(60)) {
-    args.insert(args.begin(), {Bin("hanse"), "--config", (dir_ / config).string()});
-    return Run(args, limit);
+    return dir_.Hanse(config, std::move(args), limit);
   }
-  std::string Logs() {
-    std::string out;
-    for (const char* n : {"coordinator", "paris", "lyon"}) {
-      std::string text = ReadFile(dir_ / (std::string(n) + ".log"));
-      if (text.size() > 3000) text = text.substr(text.size() - 3000);
-      out += std::string("---- ") + n + ".log (tail)\n" + text + "\n";
-    }
-    return out;
-  }
+  std::string Logs() { return dir_.LogTails({"coordinator", "paris", "lyon"}, 3000); }
 
   void WriteConfigs(const std::string& endpoint) {
     WriteFile(dir_ / "coordinator.toml",
-              "listen = \"" + endpoint + "\"\nkey = \"keys/coordinator.key\"\ndata_dir = \"coord\"\n"
-              "[rates]\ncpu_hour = 1.0\ngpu_hour = 2.0\ncurrency = \"EUR\"\n"
-              "[[site]]\nname = \"paris\"\npublic_key = \"keys/paris.pub\"\n"
-              "[[site]]\nname = \"lyon\"\npublic_key = \"keys/lyon.pub\"\n"
-              "[[lead]]\nname = \"alice\"\npublic_key = \"keys/alice.pub\"\n"
-              "[[admin]]\nname = \"admin\"\npublic_key = \"keys/admin.pub\"\n");
+              hanse::testing::CoordinatorToml(endpoint, "coord", {{"paris", "lyon"}, {"alice"}, {"admin"}},
+                                              "[rates]\ncpu_hour = 1.0\ngpu_hour = 2.0\ncurrency = \"EUR\"\n"));
     for (const auto& [site, share] : std::vector<std::pair<std::string, int>>{{"paris", 0}, {"lyon", 1}}) {
       WriteFile(dir_ / ("site-" + site + ".toml"),
-                "name = \"" + site + "\"\ncoordinator = \"" + endpoint +
-                    "\"\ncoordinator_public_key = \"keys/coordinator.pub\"\nkey = \"keys/" + site +
-                    ".key\"\ndata_dir = \"" + site + "\"\naudit_log = \"" + site +
-                    "/audit.log\"\nthreads = 1\n"
-                    "[datasets.fashion-mnist]\nformat = \"idx\"\n"
-                    "train_images = \"" + kFashion + "train-images-idx3-ubyte.gz\"\n"
-                    "train_labels = \"" + kFashion + "train-labels-idx1-ubyte.gz\"\n"
-                    "test_images = \"" + kFashion + "t10k-images-idx3-ubyte.gz\"\n"
-                    "test_labels = \"" + kFashion + "t10k-labels-idx1-ubyte.gz\"\n"
-                    "max_train_examples = 3000\nmax_test_examples = 1000\n"
+                hanse::testing::SiteTomlHead(site, endpoint) + "audit_log = \"" + site + "/audit.log\"\nthreads = 1\n" +
+                    hanse::testing::FashionMnistToml(3000, 1000) +
                     "[datasets.fashion-mnist.partition]\nkind = \"dirichlet\"\nalpha = 0.5\nseed = 7\n"
                     "num_shares = 2\nshare = " + std::to_string(share) + "\n"
                     "[policy]\nleads = [\"alice\"]\narchitectures = [\"mlp\"]\ndatasets = [\"fashion-mnist\"]\n"
@@ -91,64 +52,38 @@ class EndToEnd : public ::testing::Test {
               "round_deadline_s = 120\nmax_retries = 1\nevaluate = true\nseed = 3\n"
               "[strategy]\nrule = \"fedavg\"\n"
               "[training]\nepochs = 1\nbatch_size = 32\noptimizer = \"sgd\"\nlr = 0.05\nmomentum = 0.9\n");
-    auto client = [&](const std::string& me) {
-      return "coordinator = \"" + endpoint + "\"\ncoordinator_public_key = \"keys/coordinator.pub\"\nkey = \"keys/" +
-             me + ".key\"\n";
-    };
-    WriteFile(dir_ / "client.toml", client("alice"));
-    WriteFile(dir_ / "admin.toml", client("admin"));
+    WriteFile(dir_ / "client.toml", hanse::testing::ClientToml(endpoint, "alice"));
+    WriteFile(dir_ / "admin.toml", hanse::testing::ClientToml(endpoint, "admin"));
   }
 
-  void StopAll() {
-    for (auto* c : {&paris_, &lyon_, &coordinator_}) c->Signal(SIGTERM);
-    for (auto* c : {&paris_, &lyon_, &coordinator_}) {
-      if (c->pid() > 0 && !c->Wait(seconds(20))) {
-        ADD_FAILURE() << "pid " << c->pid() << " ignored SIGTERM for 20 s";
-        c->Signal(SIGKILL);
-      }
+  void TearDown() override {
+    for (pid_t pid : hanse::testing::StopAll({&paris_, &lyon_, &coordinator_}, seconds(20))) {
+      ADD_FAILURE() << "pid " << pid << " ignored SIGTERM for 20 s";
     }
   }
-  void TearDown() override { StopAll(); }
 
-  TempDir dir_;
-  int runs_ = 0;
-  Child coordinator_, paris_, lyon_;
+  // Commands run for up to 60 s by default, with their own XDG cache folder.
+  hanse::testing::Deployment dir_{{.log_prefix = "run", .limit = seconds(60), .xdg_cache = true}};
+  hanse::testing::Child coordinator_, paris_, lyon_;
 };
 
 TEST_F(EndToEnd, ThreeRoundsOfFedAvgOverTwoSites) {
   for (const char* exe : {"hanse", "hanse-coordinator", "hanse-worker"}) {
     ASSERT_TRUE(fs::exists(Bin(exe))) << Bin(exe) << " is not built";
   }
-  for (const char* name : {"coordinator", "alice", "admin", "paris", "lyon"}) {
-    auto r = Run({Bin("hanse"), "keygen", name, "--out", (dir_ / "keys").string()});
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-  }
-  std::string endpoint = "tcp://127.0.0.1:" + std::to_string(hanse::testing::FreePort());
+  ASSERT_NO_FATAL_FAILURE(dir_.MakeKeys({"coordinator", "alice", "admin", "paris", "lyon"}));
+  std::string endpoint = hanse::testing::LocalEndpoint();
   WriteConfigs(endpoint);
   fs::create_directories(dir_ / "models");
   auto init = Run({Bin("hanse-worker"), "init-model", "--arch", "mlp", "--hidden", "64", "--seed", "3", "-o",
                    (dir_ / "models" / "e2e-mlp.safetensors").string()});
   ASSERT_EQ(init.exit_code, 0) << init.output;
 
-  coordinator_ = Child::Start({Bin("hanse-coordinator"), "--config", (dir_ / "coordinator.toml").string()},
-                              dir_ / "coordinator.log");
-  ASSERT_TRUE(hanse::testing::WaitFor(
-      [&] { return coordinator_.Running() && Hanse({"--connect-timeout", "1", "jobs"}).exit_code == 0; },
-      seconds(30)))
-      << Logs();
-  paris_ = Child::Start({Bin("hanse-worker"), "--config", (dir_ / "site-paris.toml").string()}, dir_ / "paris.log",
-                        {"OMP_NUM_THREADS=1"});
-  lyon_ = Child::Start({Bin("hanse-worker"), "--config", (dir_ / "site-lyon.toml").string()}, dir_ / "lyon.log",
-                       {"OMP_NUM_THREADS=1"});
-  ASSERT_TRUE(hanse::testing::WaitFor(
-      [&] {
-        auto r = Hanse({"sites"}, "admin.toml");
-        size_t n = 0;
-        for (size_t p = r.output.find(" connected "); p != std::string::npos; p = r.output.find(" connected ", p + 1)) ++n;
-        return n == 2;
-      },
-      seconds(90)))
-      << Logs();
+  coordinator_ = dir_.StartCoordinator();
+  ASSERT_TRUE(dir_.WaitServing(coordinator_, "client.toml", seconds(30))) << Logs();
+  paris_ = dir_.StartWorker("paris");
+  lyon_ = dir_.StartWorker("lyon");
+  ASSERT_TRUE(dir_.WaitSitesConnected("admin.toml", 2, seconds(90))) << Logs();
 
   // Submit and watch to the end.
   auto sub = Hanse({"submit", (dir_ / "job.toml").string()});
@@ -224,9 +159,7 @@ TEST_F(EndToEnd, ThreeRoundsOfFedAvgOverTwoSites) {
   auto audit = Run({Bin("hanse"), "audit", "verify", (dir_ / "paris" / "audit.log").string(),
                     (dir_ / "lyon" / "audit.log").string()});
   EXPECT_EQ(audit.exit_code, 0) << audit.output;
-  size_t oks = 0;
-  for (size_t p = audit.output.find("audit ok"); p != std::string::npos; p = audit.output.find("audit ok", p + 1)) ++oks;
-  EXPECT_EQ(oks, 2u) << audit.output;
+  EXPECT_EQ(CountOf(audit.output, "audit ok"), 2u) << audit.output;
   auto show = Run({Bin("hanse"), "audit", "show", (dir_ / "paris" / "audit.log").string()});
   EXPECT_EQ(show.exit_code, 0) << show.output;
   EXPECT_NE(show.output.find(job), std::string::npos) << "the history names the job:\n" << show.output;

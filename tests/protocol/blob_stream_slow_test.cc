@@ -1,41 +1,19 @@
 // A 1 GiB blob through the real transport: memory on both sides stays bounded
 // by window x chunk, whatever the blob size. Labelled `slow`.
 #include <gtest/gtest.h>
-#include <zmq.h>
-
-#include <fstream>
 
 #include "protocol/blob_client.h"
 #include "protocol/blob_stream.h"
 #include "protocol/transport.h"
+#include "test_net.h"
 #include "test_util.h"
 
 namespace hanse::proto {
 namespace {
 
 using std::chrono::milliseconds;
-
-// ASan's quarantine keeps freed memory resident, so RSS is no measure there.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRssMeaningful = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kRssMeaningful = false;
-#else
-constexpr bool kRssMeaningful = true;
-#endif
-#else
-constexpr bool kRssMeaningful = true;
-#endif
-
-long StatusKb(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field)));
-  }
-  return -1;
-}
+using testing::kRssMeaningful;
+using testing::ProcStatusKb;
 
 TEST(BlobStreamSlow, OneGibBlobKeepsMemoryBoundedOnBothSides) {
   const uint64_t kSize = 1ull << 30;
@@ -61,23 +39,17 @@ TEST(BlobStreamSlow, OneGibBlobKeepsMemoryBoundedOnBothSides) {
   ASSERT_OK(hash.status());
   piece = {};
 
-  char spub[41], ssec[41], cpub[41], csec[41];
-  ASSERT_EQ(zmq_curve_keypair(spub, ssec), 0);
-  ASSERT_EQ(zmq_curve_keypair(cpub, csec), 0);
-  ServerOptions o;
-  o.endpoint = "tcp://127.0.0.1:0";
-  o.secret_key = ssec;
-  o.public_key = spub;
-  o.principals = {Principal{"paris", Role::kSite, cpub}};
-  auto server = Server::Bind(o);
+  const testing::CurveKeys server_keys = testing::NewCurveKeys(), site = testing::NewCurveKeys();
+  ASSERT_FALSE(::testing::Test::HasFailure()) << "zmq_curve_keypair failed";
+  auto server = Server::Bind(testing::CurveServerOptions(server_keys, {Principal{"paris", Role::kSite, site.pub}}));
   ASSERT_OK(server.status());
   BlobSender sender(**src, so);
 
-  long rss_before = StatusKb("VmRSS:");
+  long rss_before = ProcStatusKb("VmRSS:");
   long rss_peak = rss_before;
   std::vector<std::string> args = {(testing::BinDir() / "proto_peer").string(),
-                                   "pull", "--endpoint", (*server)->endpoint(), "--server-key", spub,
-                                   "--public", cpub, "--secret", csec, "--store", (tmp / "dst").string(),
+                                   "pull", "--endpoint", (*server)->endpoint(), "--server-key", server_keys.pub,
+                                   "--public", site.pub, "--secret", site.sec, "--store", (tmp / "dst").string(),
                                    "--hash", *hash, "--size", std::to_string(kSize),
                                    "--chunk", std::to_string(so.chunk_bytes), "--window", "4"};
   auto child = testing::Child::Start(args, tmp / "pull.log");
@@ -91,7 +63,7 @@ TEST(BlobStreamSlow, OneGibBlobKeepsMemoryBoundedOnBothSides) {
         ASSERT_OK(AnswerBlobRequest(**server, in.peer, sender, *req, in.envelope->message_id));
       }
     }
-    rss_peak = std::max(rss_peak, StatusKb("VmRSS:"));
+    rss_peak = std::max(rss_peak, ProcStatusKb("VmRSS:"));
     code = child.WaitExitCode(milliseconds(0));
   }
   ASSERT_EQ(code, 0) << child.Log();

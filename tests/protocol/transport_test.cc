@@ -7,28 +7,24 @@
 #include <spdlog/spdlog.h>
 #include <zmq.h>
 
-#include <fstream>
 #include <mutex>
 #include <sstream>
 #include <zmq.hpp>
 
 #include "protocol/codec.h"
+#include "test_net.h"
 #include "test_util.h"
 
 namespace hanse::proto {
 namespace {
 
 using std::chrono::milliseconds;
+using testing::kRssMeaningful;
 using testing::WaitFor;
+using Keys = testing::CurveKeys;
+using testing::NewCurveKeys;
 
-struct Keys {
-  std::string pub, sec;
-};
-Keys NewKeys() {
-  char pub[41], sec[41];
-  EXPECT_EQ(zmq_curve_keypair(pub, sec), 0);
-  return Keys{pub, sec};
-}
+long RssKb() { return testing::ProcStatusKb("VmRSS:"); }
 
 // Captures everything logged through spdlog's default logger during a test.
 class LogCapture {
@@ -49,39 +45,14 @@ class LogCapture {
   std::shared_ptr<spdlog::logger> previous_;
 };
 
-// ASan's quarantine keeps freed memory resident, so RSS is no measure there.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRssMeaningful = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kRssMeaningful = false;
-#else
-constexpr bool kRssMeaningful = true;
-#endif
-#else
-constexpr bool kRssMeaningful = true;
-#endif
-
-long RssKb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  }
-  return -1;
-}
-
 class TransportTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server_keys_ = NewKeys();
-    site_ = NewKeys();
-    lead_ = NewKeys();
-    ServerOptions o;
-    o.endpoint = "tcp://127.0.0.1:0";
-    o.secret_key = server_keys_.sec;
-    o.public_key = server_keys_.pub;
-    o.principals = {Principal{"paris", Role::kSite, site_.pub}, Principal{"alice", Role::kLead, lead_.pub}};
+    server_keys_ = NewCurveKeys();
+    site_ = NewCurveKeys();
+    lead_ = NewCurveKeys();
+    ServerOptions o = testing::CurveServerOptions(
+        server_keys_, {Principal{"paris", Role::kSite, site_.pub}, Principal{"alice", Role::kLead, lead_.pub}});
     o.tuning.max_chunk_bytes = 64 << 10;
     o.tuning.envelope_overhead = 16 << 10;
     auto s = Server::Bind(o);
@@ -90,11 +61,7 @@ class TransportTest : public ::testing::Test {
   }
 
   std::unique_ptr<Client> Connect(const Keys& own, const std::string& server_pub) {
-    ClientOptions o;
-    o.endpoint = server_->endpoint();
-    o.server_public_key = server_pub;
-    o.secret_key = own.sec;
-    o.public_key = own.pub;
+    ClientOptions o = testing::CurveClientOptions(server_->endpoint(), server_pub, own);
     o.tuning.max_chunk_bytes = 64 << 10;
     o.tuning.envelope_overhead = 16 << 10;
     auto c = Client::Connect(o);
@@ -171,7 +138,7 @@ TEST_F(TransportTest, KnownKeyTalksAndPrincipalComesFromKey) {
 
 TEST_F(TransportTest, UnknownKeyGetsNothingThroughAndIsLogged) {
   LogCapture log;
-  Keys stranger = NewKeys();
+  Keys stranger = NewCurveKeys();
   auto client = Connect(stranger, server_keys_.pub);
   ASSERT_TRUE(client);
   Status st = client->WaitConnected(milliseconds(5000));
@@ -209,7 +176,7 @@ TEST_F(TransportTest, ClientWithoutCurveGetsNothingThroughAndIsLogged) {
 }
 
 TEST_F(TransportTest, WrongServerKeyIsReportedAsDeadline) {
-  Keys other = NewKeys();
+  Keys other = NewCurveKeys();
   auto client = Connect(site_, other.pub);
   ASSERT_TRUE(client);
   Status st = client->WaitConnected(milliseconds(1500));
@@ -221,11 +188,7 @@ TEST_F(TransportTest, WrongServerKeyIsReportedAsDeadline) {
 }
 
 TEST_F(TransportTest, NothingListeningIsReportedAsDeadline) {
-  ClientOptions o;
-  o.endpoint = "tcp://127.0.0.1:" + std::to_string(testing::FreePort());
-  o.server_public_key = server_keys_.pub;
-  o.secret_key = site_.sec;
-  o.public_key = site_.pub;
+  ClientOptions o = testing::CurveClientOptions(testing::LocalEndpoint(), server_keys_.pub, site_);
   auto c = Client::Connect(o);
   ASSERT_OK(c.status());
   Status st = (*c)->WaitConnected(milliseconds(500));
@@ -308,12 +271,8 @@ TEST_F(TransportTest, BadFramesAreRefusedWithReasonAndServerKeepsServing) {
 }
 
 TEST(TransportNesting, TooDeepFrameIsRefusedWithReason) {
-  Keys server = NewKeys(), site = NewKeys();
-  ServerOptions o;
-  o.endpoint = "tcp://127.0.0.1:0";
-  o.secret_key = server.sec;
-  o.public_key = server.pub;
-  o.principals = {Principal{"paris", Role::kSite, site.pub}};
+  Keys server = NewCurveKeys(), site = NewCurveKeys();
+  ServerOptions o = testing::CurveServerOptions(server, {Principal{"paris", Role::kSite, site.pub}});
   o.tuning.decode_nesting = 3;  // JobStatus -> rounds -> RoundInfo -> sites is deeper
   auto s = Server::Bind(o);
   ASSERT_OK(s.status());
@@ -384,7 +343,7 @@ TEST(TransportBind, RefusesInvalidKeys) {
   o.endpoint = "tcp://127.0.0.1:0";
   o.secret_key = "short";
   EXPECT_EQ(Server::Bind(o).status().code(), Code::kInvalidArgument);
-  Keys k = NewKeys();
+  Keys k = NewCurveKeys();
   o.secret_key = k.sec;
   o.principals = {Principal{"x", Role::kSite, "not-a-key"}};
   auto s = Server::Bind(o);

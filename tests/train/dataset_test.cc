@@ -13,10 +13,10 @@
 namespace hanse::site {
 namespace {
 
+using hanse::testing::FashionMnistConfig;
+using hanse::testing::HaveFashionMnist;
 using hanse::testing::TempDir;
 using hanse::testing::WriteFile;
-
-const std::filesystem::path kFashion = "/usr/share/datasets/fashion-mnist";
 
 std::string Be32(uint32_t v) {
   return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
@@ -35,6 +35,13 @@ std::string IdxLabels(uint32_t n) {
   return s;
 }
 
+// Writes `images` and `labels` as dir/img and dir/lab, and loads them.
+auto LoadRawIdx(const TempDir& dir, const std::string& images, const std::string& labels) {
+  WriteFile(dir / "img", images);
+  WriteFile(dir / "lab", labels);
+  return LoadIdx(dir / "img", dir / "lab", nullptr);
+}
+
 void WriteGz(const std::filesystem::path& p, const std::string& bytes) {
   gzFile f = gzopen(p.c_str(), "wb");
   ASSERT_NE(f, nullptr);
@@ -42,12 +49,11 @@ void WriteGz(const std::filesystem::path& p, const std::string& bytes) {
   ASSERT_EQ(gzclose(f), Z_OK);
 }
 
-bool HaveFashion() { return std::filesystem::exists(kFashion / "train-images-idx3-ubyte.gz"); }
-
 TEST(LoadIdx, ReadsDebianFashionMnistGzip) {
-  if (!HaveFashion()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
   std::vector<int64_t> shape;
-  auto r = LoadIdx(kFashion / "t10k-images-idx3-ubyte.gz", kFashion / "t10k-labels-idx1-ubyte.gz", &shape);
+  const auto fashion = hanse::testing::FashionMnistDir();
+  auto r = LoadIdx(fashion / "t10k-images-idx3-ubyte.gz", fashion / "t10k-labels-idx1-ubyte.gz", &shape);
   ASSERT_OK(r.status());
   EXPECT_EQ(r->size(), 10000u);
   EXPECT_EQ(shape, (std::vector<int64_t>{1, 28, 28}));
@@ -63,16 +69,8 @@ TEST(LoadIdx, ReadsDebianFashionMnistGzip) {
 }
 
 TEST(LoadDataset, FashionMnistWithSeparateTestFilesAndCaps) {
-  if (!HaveFashion()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
-  DatasetConfig c;
-  c.name = "fashion-mnist";
-  c.format = "idx";
-  c.train_images = kFashion / "train-images-idx3-ubyte.gz";
-  c.train_labels = kFashion / "train-labels-idx1-ubyte.gz";
-  c.test_images = kFashion / "t10k-images-idx3-ubyte.gz";
-  c.test_labels = kFashion / "t10k-labels-idx1-ubyte.gz";
-  c.max_train_examples = 1000;
-  c.max_test_examples = 500;
+  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  DatasetConfig c = FashionMnistConfig(1000, 500);
   auto d = LoadDataset(c);
   ASSERT_OK(d.status());
   EXPECT_EQ(d->train.size(), 1000u);
@@ -87,14 +85,8 @@ TEST(LoadDataset, FashionMnistWithSeparateTestFilesAndCaps) {
 
 // The demo's setup: three sites, one Dirichlet share each of the same files.
 TEST(LoadDataset, FashionMnistDirichletSharesPartitionTrainAndTest) {
-  if (!HaveFashion()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
-  DatasetConfig c;
-  c.name = "fashion-mnist";
-  c.format = "idx";
-  c.train_images = kFashion / "train-images-idx3-ubyte.gz";
-  c.train_labels = kFashion / "train-labels-idx1-ubyte.gz";
-  c.test_images = kFashion / "t10k-images-idx3-ubyte.gz";
-  c.test_labels = kFashion / "t10k-labels-idx1-ubyte.gz";
+  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  DatasetConfig c = FashionMnistConfig();
   c.partition.kind = PartitionConfig::Kind::kDirichlet;
   c.partition.alpha = 0.5;
   c.partition.seed = 2026;
@@ -134,9 +126,7 @@ TEST(LoadIdx, RawAndGzipGiveTheSameSamples) {
 TEST(LoadIdx, TruncatedFileNamesFileAndSizes) {
   TempDir dir;
   std::string img = IdxImages(5);
-  WriteFile(dir / "img", img.substr(0, img.size() - 3));
-  WriteFile(dir / "lab", IdxLabels(5));
-  auto r = LoadIdx(dir / "img", dir / "lab", nullptr);
+  auto r = LoadRawIdx(dir, img.substr(0, img.size() - 3), IdxLabels(5));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorruption);
   const std::string m = r.status().message();
@@ -160,19 +150,15 @@ TEST(LoadIdx, TruncatedGzipStreamIsAnError) {
 
 TEST(LoadIdx, TruncatedHeaderIsAnError) {
   TempDir dir;
-  WriteFile(dir / "img", IdxImages(5).substr(0, 10));
-  WriteFile(dir / "lab", IdxLabels(5));
-  auto r = LoadIdx(dir / "img", dir / "lab", nullptr);
+  auto r = LoadRawIdx(dir, IdxImages(5).substr(0, 10), IdxLabels(5));
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("truncated IDX header"), std::string::npos) << r.status().ToString();
 }
 
 TEST(LoadIdx, WrongMagicIsAnError) {
   TempDir dir;
-  WriteFile(dir / "img", IdxImages(5));
-  WriteFile(dir / "lab", IdxLabels(5));
   // Labels passed as images: magic 0x801 where 0x803 is expected.
-  auto r = LoadIdx(dir / "lab", dir / "img", nullptr);
+  auto r = LoadRawIdx(dir, IdxLabels(5), IdxImages(5));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCorruption);
   EXPECT_NE(r.status().message().find("wrong magic 0x00000801, expected 0x00000803"), std::string::npos)
@@ -181,18 +167,14 @@ TEST(LoadIdx, WrongMagicIsAnError) {
 
 TEST(LoadIdx, TrailingBytesAreAnError) {
   TempDir dir;
-  WriteFile(dir / "img", IdxImages(5) + "xx");
-  WriteFile(dir / "lab", IdxLabels(5));
-  auto r = LoadIdx(dir / "img", dir / "lab", nullptr);
+  auto r = LoadRawIdx(dir, IdxImages(5) + "xx", IdxLabels(5));
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("2 trailing bytes"), std::string::npos) << r.status().ToString();
 }
 
 TEST(LoadIdx, CountMismatchIsAnError) {
   TempDir dir;
-  WriteFile(dir / "img", IdxImages(5));
-  WriteFile(dir / "lab", IdxLabels(6));
-  auto r = LoadIdx(dir / "img", dir / "lab", nullptr);
+  auto r = LoadRawIdx(dir, IdxImages(5), IdxLabels(6));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
   EXPECT_NE(r.status().message().find("has 5 images"), std::string::npos) << r.status().ToString();

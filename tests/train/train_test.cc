@@ -16,23 +16,12 @@ namespace {
 using hanse::testing::ReadFile;
 using hanse::testing::TempDir;
 
-const std::filesystem::path kFashion = "/usr/share/datasets/fashion-mnist";
-
 // Fashion-MNIST, 2000 train and 1000 test examples, loaded once for the suite.
 class TrainTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!std::filesystem::exists(kFashion / "train-images-idx3-ubyte.gz")) return;
-    DatasetConfig c;
-    c.name = "fashion-mnist";
-    c.format = "idx";
-    c.train_images = kFashion / "train-images-idx3-ubyte.gz";
-    c.train_labels = kFashion / "train-labels-idx1-ubyte.gz";
-    c.test_images = kFashion / "t10k-images-idx3-ubyte.gz";
-    c.test_labels = kFashion / "t10k-labels-idx1-ubyte.gz";
-    c.max_train_examples = 2000;
-    c.max_test_examples = 1000;
-    auto d = site::LoadDataset(c);
+    if (!hanse::testing::HaveFashionMnist()) return;
+    auto d = site::LoadDataset(hanse::testing::FashionMnistConfig(2000, 1000));
     if (d.ok()) data_ = new site::Dataset(std::move(d).value());
   }
   static void TearDownTestSuite() {

@@ -22,13 +22,7 @@ Clock FixedClock() {
   return [] { return std::chrono::system_clock::time_point(std::chrono::seconds(1795000000)); };
 }
 
-std::vector<std::string> Lines(const fs::path& p) {
-  std::vector<std::string> out;
-  std::istringstream in(ReadFile(p));
-  std::string line;
-  while (std::getline(in, line)) out.push_back(line);
-  return out;
-}
+std::vector<std::string> Lines(const fs::path& p) { return hanse::testing::Split(ReadFile(p)); }
 
 void WriteLines(const fs::path& p, const std::vector<std::string>& lines) {
   std::string text;
@@ -47,6 +41,17 @@ AuditRecord TaskRecord(int i) {
   r.dataset = "fashion-mnist";
   r.decision = "accepted";
   return r;
+}
+
+// Replaces the first `from` in line `index` (0-based) of the log at `p` with
+// `to`, as an attacker editing the file would.
+void AlterLine(const fs::path& p, size_t index, const std::string& from, const std::string& to) {
+  auto lines = Lines(p);
+  ASSERT_LT(index, lines.size());
+  auto pos = lines[index].find(from);
+  ASSERT_NE(pos, std::string::npos);
+  lines[index].replace(pos, from.size(), to);
+  WriteLines(p, lines);
 }
 
 // Writes a log of `n` entries and returns its path.
@@ -102,11 +107,7 @@ TEST(AuditLog, ReopenContinuesTheChain) {
 TEST(AuditLog, DetectsAnAlteredEntryAndNamesItsLine) {
   TempDir dir;
   auto p = MakeLog(dir, 4);
-  auto lines = Lines(p);
-  auto pos = lines[1].find("alice");
-  ASSERT_NE(pos, std::string::npos);
-  lines[1].replace(pos, 5, "bobby");
-  WriteLines(p, lines);
+  ASSERT_NO_FATAL_FAILURE(AlterLine(p, 1, "alice", "bobby"));
   auto n = VerifyAuditLog(p);
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.status().code(), Code::kCorruption);
@@ -117,9 +118,7 @@ TEST(AuditLog, DetectsAnAlteredEntryAndNamesItsLine) {
 TEST(AuditLog, DetectsAnAlteredLastEntry) {
   TempDir dir;
   auto p = MakeLog(dir, 3);
-  auto lines = Lines(p);
-  lines[2].replace(lines[2].find("accepted"), 8, "refused!");
-  WriteLines(p, lines);
+  ASSERT_NO_FATAL_FAILURE(AlterLine(p, 2, "accepted", "refused!"));
   auto n = VerifyAuditLog(p);
   ASSERT_FALSE(n.ok());
   EXPECT_NE(n.status().message().find(":3:"), std::string::npos) << n.status().ToString();
@@ -197,9 +196,7 @@ TEST(AuditLog, MissingFileIsNotFound) {
 TEST(AuditLog, OpenRefusesABrokenChain) {
   TempDir dir;
   auto p = MakeLog(dir, 3);
-  auto lines = Lines(p);
-  lines[0].replace(lines[0].find("alice"), 5, "eve!!");
-  WriteLines(p, lines);
+  ASSERT_NO_FATAL_FAILURE(AlterLine(p, 0, "alice", "eve!!"));
   auto before = ReadFile(p);
   auto log = AuditLog::Open(p, false, FixedClock());
   ASSERT_FALSE(log.ok());
@@ -211,9 +208,7 @@ TEST(AuditLog, OpenRefusesABrokenChain) {
 TEST(AuditLog, OpenWithNewChainMovesTheBrokenLogAside) {
   TempDir dir;
   auto p = MakeLog(dir, 3);
-  auto lines = Lines(p);
-  lines[1].replace(lines[1].find("alice"), 5, "eve!!");
-  WriteLines(p, lines);
+  ASSERT_NO_FATAL_FAILURE(AlterLine(p, 1, "alice", "eve!!"));
   auto broken_text = ReadFile(p);
   auto log = AuditLog::Open(p, true, FixedClock());
   ASSERT_OK(log.status());
@@ -244,9 +239,7 @@ TEST(AuditLog, ShowPrintsHistoryAndVerdict) {
   EXPECT_NE(text.find("lead=alice"), std::string::npos) << text;
   EXPECT_NE(text.find("chain ok: 2 entries"), std::string::npos) << text;
 
-  auto lines = Lines(p);
-  lines[1].replace(lines[1].find("alice"), 5, "bobby");
-  WriteLines(p, lines);
+  ASSERT_NO_FATAL_FAILURE(AlterLine(p, 1, "alice", "bobby"));
   std::ostringstream out2;
   EXPECT_EQ(ShowAuditLog(p, out2).code(), Code::kCorruption);
   EXPECT_NE(out2.str().find("CHAIN BROKEN"), std::string::npos) << out2.str();

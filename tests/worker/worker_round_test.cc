@@ -1,9 +1,6 @@
 // A real hanse-worker against a real hanse-coordinator (CURVE on 127.0.0.1),
 // driven by the hanse CLI: one round served and recorded, a policy refusal the
 // lead sees, and the coordinator killed mid-task then restarted.
-#include <signal.h>
-
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,31 +13,13 @@ namespace hanse::site {
 namespace {
 
 namespace fs = std::filesystem;
-using hanse::testing::Child;
+using hanse::testing::Bin;
+using hanse::testing::CountOf;
 using hanse::testing::ReadFile;
 using hanse::testing::RunResult;
-using hanse::testing::TempDir;
 using hanse::testing::WaitFor;
 using hanse::testing::WriteFile;
 using std::chrono::seconds;
-
-const std::string kFashion = "/usr/share/datasets/fashion-mnist/";
-
-std::string Bin(const std::string& name) { return (hanse::testing::BinDir() / name).string(); }
-
-std::vector<std::string> Lines(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string line;
-  while (std::getline(ss, line)) out.push_back(line);
-  return out;
-}
-
-size_t Count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
-  return n;
-}
 
 class WorkerRound : public ::testing::Test {
  protected:
@@ -48,33 +27,17 @@ class WorkerRound : public ::testing::Test {
     for (const char* exe : {"hanse", "hanse-coordinator", "hanse-worker"}) {
       ASSERT_TRUE(fs::exists(Bin(exe))) << Bin(exe) << " is not built";
     }
-    for (const char* name : {"coordinator", "alice", "bob", "admin", "paris"}) {
-      auto r = RunCmd({Bin("hanse"), "keygen", name, "--out", (dir_ / "keys").string()});
-      ASSERT_EQ(r.exit_code, 0) << r.output;
-    }
-    endpoint_ = "tcp://127.0.0.1:" + std::to_string(hanse::testing::FreePort());
+    ASSERT_NO_FATAL_FAILURE(dir_.MakeKeys({"coordinator", "alice", "bob", "admin", "paris"}));
+    endpoint_ = hanse::testing::LocalEndpoint();
     WriteFile(dir_ / "coordinator.toml",
-              "listen = \"" + endpoint_ + "\"\nkey = \"keys/coordinator.key\"\ndata_dir = \"coord\"\n"
-              "[[site]]\nname = \"paris\"\npublic_key = \"keys/paris.pub\"\n"
-              "[[lead]]\nname = \"alice\"\npublic_key = \"keys/alice.pub\"\n"
-              "[[lead]]\nname = \"bob\"\npublic_key = \"keys/bob.pub\"\n"
-              "[[admin]]\nname = \"admin\"\npublic_key = \"keys/admin.pub\"\n");
+              hanse::testing::CoordinatorToml(endpoint_, "coord", {{"paris"}, {"alice", "bob"}, {"admin"}}));
     WriteFile(dir_ / "site-paris.toml",
-              "name = \"paris\"\ncoordinator = \"" + endpoint_ +
-                  "\"\ncoordinator_public_key = \"keys/coordinator.pub\"\nkey = \"keys/paris.key\"\n"
-                  "data_dir = \"paris\"\nthreads = 1\n"
-                  "[datasets.fashion-mnist]\nformat = \"idx\"\n"
-                  "train_images = \"" + kFashion + "train-images-idx3-ubyte.gz\"\n"
-                  "train_labels = \"" + kFashion + "train-labels-idx1-ubyte.gz\"\n"
-                  "test_images = \"" + kFashion + "t10k-images-idx3-ubyte.gz\"\n"
-                  "test_labels = \"" + kFashion + "t10k-labels-idx1-ubyte.gz\"\n"
-                  "max_train_examples = 2000\nmax_test_examples = 500\n"
+              hanse::testing::SiteTomlHead("paris", endpoint_) + "threads = 1\n" +
+                  hanse::testing::FashionMnistToml(2000, 500) +
                   "[policy]\nleads = [\"alice\"]\narchitectures = [\"mlp\"]\nmax_epochs = 3\n"
                   "[policy.models]\nround-mlp = \"\"\n");
     for (const char* who : {"alice", "bob", "admin"}) {
-      WriteFile(dir_ / (std::string(who) + ".toml"), "coordinator = \"" + endpoint_ +
-                                                         "\"\ncoordinator_public_key = \"keys/coordinator.pub\"\n"
-                                                         "key = \"keys/" + who + ".key\"\n");
+      WriteFile(dir_ / (std::string(who) + ".toml"), hanse::testing::ClientToml(endpoint_, who));
     }
     auto init = RunCmd({Bin("hanse-worker"), "init-model", "--arch", "mlp", "--hidden", "32", "--seed", "5", "-o",
                         (dir_ / "models" / "round-mlp.safetensors").string()});
@@ -82,41 +45,24 @@ class WorkerRound : public ::testing::Test {
   }
 
   void TearDown() override {
-    for (auto* c : {&worker_, &coordinator_}) c->Signal(SIGTERM);
-    for (auto* c : {&worker_, &coordinator_}) {
-      if (c->pid() > 0 && !c->Wait(seconds(20))) ADD_FAILURE() << "pid " << c->pid() << " ignored SIGTERM";
+    for (pid_t pid : hanse::testing::StopAll({&worker_, &coordinator_}, seconds(20))) {
+      ADD_FAILURE() << "pid " << pid << " ignored SIGTERM";
     }
   }
 
-  RunResult RunCmd(const std::vector<std::string>& argv, seconds limit = seconds(120)) {
-    return hanse::testing::Run(argv, dir_ / ("run-" + std::to_string(++runs_) + ".log"), limit);
-  }
+  RunResult RunCmd(const std::vector<std::string>& argv, seconds limit = seconds(120)) { return dir_.Run(argv, limit); }
   RunResult Hanse(std::vector<std::string> args, const std::string& who = "alice", seconds limit = seconds(120)) {
-    args.insert(args.begin(), {Bin("hanse"), "--config", (dir_ / (who + ".toml")).string()});
-    return RunCmd(args, limit);
+    return dir_.Hanse(who + ".toml", std::move(args), limit);
   }
-  std::string Logs() {
-    std::string out;
-    for (const char* n : {"coordinator", "paris"}) {
-      std::string text = ReadFile(dir_ / (std::string(n) + ".log"));
-      if (text.size() > 4000) text = text.substr(text.size() - 4000);
-      out += std::string("---- ") + n + ".log (tail)\n" + text + "\n";
-    }
-    return out;
-  }
+  std::string Logs() { return dir_.LogTails({"coordinator", "paris"}, 4000); }
 
   void StartCoordinator() {
-    coordinator_ = Child::Start({Bin("hanse-coordinator"), "--config", (dir_ / "coordinator.toml").string()},
-                                dir_ / "coordinator.log");
-    ASSERT_TRUE(WaitFor([&] { return coordinator_.Running() && Hanse({"--connect-timeout", "1", "jobs"}).exit_code == 0; },
-                        seconds(60)))
-        << Logs();
+    coordinator_ = dir_.StartCoordinator();
+    ASSERT_TRUE(dir_.WaitServing(coordinator_, "alice.toml", seconds(60))) << Logs();
   }
   void StartWorker() {
-    worker_ = Child::Start({Bin("hanse-worker"), "--config", (dir_ / "site-paris.toml").string()}, dir_ / "paris.log",
-                           {"OMP_NUM_THREADS=1"});
-    ASSERT_TRUE(WaitFor([&] { return Count(Hanse({"sites"}, "admin").output, " connected ") == 1; }, seconds(120)))
-        << Logs();
+    worker_ = dir_.StartWorker("paris");
+    ASSERT_TRUE(dir_.WaitSitesConnected("admin.toml", 1, seconds(120))) << Logs();
   }
 
   // Submits a job; returns its id.
@@ -130,7 +76,7 @@ class WorkerRound : public ::testing::Test {
                        "[training]\nepochs = " + std::to_string(epochs) + "\nbatch_size = 32\nlr = 0.05\n");
     auto sub = Hanse({"submit", job.string()}, lead);
     EXPECT_EQ(sub.exit_code, 0) << sub.output << Logs();
-    auto lines = Lines(sub.output);
+    auto lines = hanse::testing::Split(sub.output);
     return lines.empty() ? "" : lines.back();
   }
 
@@ -148,10 +94,10 @@ class WorkerRound : public ::testing::Test {
     return n;
   }
 
-  TempDir dir_;
+  // Commands run for up to 120 s by default, their output in run-N.log.
+  hanse::testing::Deployment dir_{{.log_prefix = "run", .limit = seconds(120)}};
   std::string endpoint_;
-  int runs_ = 0;
-  Child coordinator_, worker_;
+  hanse::testing::Child coordinator_, worker_;
 };
 
 TEST_F(WorkerRound, ServesARoundAndRecordsItInAuditLogAndLedger) {
@@ -171,7 +117,7 @@ TEST_F(WorkerRound, ServesARoundAndRecordsItInAuditLogAndLedger) {
   EXPECT_EQ(Events(entries, "evaluation", job), 1u);
   EXPECT_EQ(Events(entries, "result_acked", job), 2u);
   // The update sent is the one named in the audit log; the ledger counts both tasks.
-  EXPECT_EQ(Count(ReadFile(dir_ / "paris" / "ledger.jsonl"), "\"" + job + "\""), 2u);
+  EXPECT_EQ(CountOf(ReadFile(dir_ / "paris" / "ledger.jsonl"), "\"" + job + "\""), 2u);
   auto show = RunCmd({Bin("hanse"), "audit", "show", (dir_ / "paris" / "audit.log").string()});
   EXPECT_EQ(show.exit_code, 0) << show.output;
   EXPECT_NE(show.output.find("update_sent"), std::string::npos) << show.output;
@@ -203,7 +149,7 @@ TEST_F(WorkerRound, CoordinatorKilledMidTaskLosesNothing) {
   ASSERT_FALSE(job.empty());
   // As soon as the site has accepted its first task, the coordinator dies.
   // (Read without verifying: the worker may be halfway through appending a line.)
-  ASSERT_TRUE(WaitFor([&] { return Count(ReadFile(dir_ / "paris" / "audit.log"), "\"event\":\"task\"") >= 1; },
+  ASSERT_TRUE(WaitFor([&] { return CountOf(ReadFile(dir_ / "paris" / "audit.log"), "\"event\":\"task\"") >= 1; },
                       seconds(120)))
       << Logs();
   coordinator_.Signal(SIGKILL);
