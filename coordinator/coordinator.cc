@@ -207,6 +207,8 @@ struct Coordinator::Impl final : public RunnerHost {
     c.last_seen_unix = UnixSeconds();
     if (!changed) return;
     spdlog::info("site {} connected", in.principal.name);
+    // A new connection of the site: what was in flight on the old one is lost.
+    if (c.peer && !(*c.peer == in.peer)) PeerGone(*c.peer);
     c.peer = in.peer;
     c.alive = true;
     scheduler.OnReconnect(in.principal.name);
@@ -333,6 +335,9 @@ struct Coordinator::Impl final : public RunnerHost {
   void On(const proto::Incoming& in, const proto::BlobChunk& c) {
     if (!pulls.count(c.hash)) {
       spdlog::debug("chunk of blob {} that is not being pulled, from {}", c.hash, in.principal.name);
+      auto ack = receiver->OnChunk(c);  // held already: acknowledged, so the sender stops counting it
+      if (ack.ok())
+        for (const auto& r : *ack) (void)Send(in.peer, r);
       return;
     }
     auto next = receiver->OnChunk(c);

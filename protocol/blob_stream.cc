@@ -78,6 +78,7 @@ struct PacedSender::Impl {
     uint64_t received = 0;  // what the peer last said it holds
     std::deque<Range> want;
     bool queued = false;
+    bool stalled = false;  // silent while owing acknowledgements: not served until it speaks
     Clock::time_point last_heard{};
     uint64_t InFlight() const { return sent_end > received ? sent_end - received : 0; }
   };
@@ -142,6 +143,7 @@ Status PacedSender::OnRequest(const std::string& peer, const BlobRequest& reques
                                    std::to_string(request.offset) + " beyond its size " + std::to_string(t.size));
   }
   t.last_heard = now;
+  t.stalled = false;
   im.Change(t, [&] {
     if (request.offset == request.received) {
       // The receiver asks from what it holds (a start or a resume): anything
@@ -173,6 +175,7 @@ void PacedSender::Pump(const Emit& emit, Clock::time_point now) {
                    key.second.substr(0, 12),
                    std::chrono::duration_cast<std::chrono::milliseconds>(now - t.last_heard).count(), t.InFlight());
       im.Change(t, [&] { t.received = t.sent_end; });
+      t.stalled = true;
     }
   }
   if (!std::holds_alternative<BlobChunk>(im.scratch.message)) im.scratch.message = BlobChunk{};
@@ -186,8 +189,9 @@ void PacedSender::Pump(const Emit& emit, Clock::time_point now) {
     auto& t = it->second;
     t.queued = false;
     if (t.want.empty()) continue;
-    // A silent peer gets nothing more until it speaks (OnRequest queues it again).
-    if (now - t.last_heard > im.stall) continue;
+    // A peer that went silent while owing acknowledgements gets nothing more
+    // until it speaks (OnRequest queues it again).
+    if (t.stalled) continue;
     auto& range = t.want.front();
     const uint64_t n = std::min<uint64_t>(im.options.chunk_bytes, t.size - range.offset);
     chunk.hash = key.second;
@@ -397,6 +401,11 @@ Result<std::vector<BlobRequest>> BlobReceiver::OnChunk(
   auto& im = *impl_;
   auto it = im.active.find(chunk.hash);
   if (it == im.active.end()) {
+    if (im.store.Contains(chunk.hash)) {
+      // A resent chunk of a blob we hold: acknowledge all of it, so the sender
+      // does not count it in flight.
+      return std::vector<BlobRequest>{BlobRequest{chunk.hash, chunk.total_size, 0, chunk.total_size}};
+    }
     return Status::FailedPrecondition("unexpected chunk of blob " + chunk.hash + ": not being pulled");
   }
   auto& t = it->second;

@@ -96,7 +96,8 @@ class BlobReceiver {
   // call may return requests for any active transfer: route each by its hash.
   Result<std::vector<BlobRequest>> Start(const std::string& hash, uint64_t size);
   // Feeds a received chunk. Returns the next requests to send (credits given
-  // back). When the last byte arrives the hash is verified: kCorruption (the
+  // back, and an acknowledgement; a late copy of a chunk of a blob already
+  // complete gets just the acknowledgement). When the last byte arrives the hash is verified: kCorruption (the
   // partial is discarded) on mismatch.
   Result<std::vector<BlobRequest>> OnChunk(const BlobChunk& chunk);
   // Same, but hands the next requests to `grant` as soon as the chunk is checked,

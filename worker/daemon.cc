@@ -368,6 +368,13 @@ struct Daemon::Impl {
 
   Status OnChunk(const proto::BlobChunk& chunk) {
     if (!active || active->phase != ActiveTask::Phase::kPulling || !Contains(active->waiting, chunk.hash)) {
+      // A late copy of a chunk of a blob we hold is acknowledged, so the
+      // coordinator stops counting it in flight.
+      if (!receiver->IsActive(chunk.hash)) {
+        auto ack = receiver->OnChunk(chunk);
+        if (ack.ok())
+          for (const auto& req : *ack) (void)Send(req);
+      }
       return Status::Ok();  // a late chunk of an abandoned transfer
     }
     active->last_progress = SteadyClock::now();

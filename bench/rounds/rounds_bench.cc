@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -43,6 +44,25 @@ uint64_t RssAnonKiB(pid_t pid) {
   return 0;
 }
 
+// Starts n sites in batches, each batch connected before the next starts: 256
+// simultaneous CURVE handshakes on a 2-core machine time out and retry in a loop
+// (real sites do not all connect in the same millisecond either).
+std::vector<std::unique_ptr<TestSite>> StartSites(int n, const std::function<std::unique_ptr<TestSite>(int)>& make) {
+  constexpr int kBatch = 16;
+  std::vector<std::unique_ptr<TestSite>> sites;
+  for (int i = 0; i < n; ++i) {
+    sites.push_back(make(i));
+    if ((i + 1) % kBatch != 0 && i + 1 != n) continue;
+    for (int j = i / kBatch * kBatch; j <= i; ++j) {
+      if (!sites[j]->WaitFor([](const TestSite::Stats& s) { return s.connected; }, std::chrono::minutes(2))) {
+        std::fprintf(stderr, "site %d did not connect within 2 minutes\n", j);
+        std::exit(1);
+      }
+    }
+  }
+  return sites;
+}
+
 struct CoordResult {
   double seconds_per_round = 0;
   double peak_rss_mib = 0;
@@ -63,12 +83,12 @@ CoordResult RunCoordinator(int n, uint64_t params, int rounds) {
       std::this_thread::sleep_for(5ms);
     }
   });
-  std::vector<std::unique_ptr<TestSite>> sites;
-  for (int i = 0; i < n; ++i)
-    sites.push_back(h.MakeSite(i, [](TestSiteOptions& o) {
+  auto sites = StartSites(n, [&](int i) {
+    return h.MakeSite(i, [](TestSiteOptions& o) {
       o.heartbeat = 1000ms;
       o.heartbeat_timeout = 120000ms;
-    }));
+    });
+  });
   auto alice = h.Alice();
   auto model = h.WriteModel(params);
   // One warm-up round: its commit starts the clock.
@@ -125,8 +145,7 @@ double RunFloor(int n, uint64_t params, int rounds) {
   proto::BlobReceiver receiver(*store, stream);
   Harness::WriteModelFile(dir / "model.safetensors", params);
   std::string model = *store->PutFile(dir / "model.safetensors");
-  std::vector<std::unique_ptr<TestSite>> sites;
-  for (int i = 0; i < n; ++i) {
+  auto sites = StartSites(n, [&](int i) {
     TestSiteOptions o;
     o.name = "site" + std::to_string(i);
     o.endpoint = server->endpoint();
@@ -135,9 +154,10 @@ double RunFloor(int n, uint64_t params, int rounds) {
     o.data_dir = dir / ("site" + std::to_string(i));
     o.heartbeat = 1000ms;
     o.heartbeat_timeout = 120000ms;
-    sites.push_back(std::make_unique<TestSite>(o));
-    sites.back()->Start();
-  }
+    auto site = std::make_unique<TestSite>(o);
+    site->Start();
+    return site;
+  });
   std::map<std::string, proto::PeerId> peers;
   std::map<std::string, std::string> pulling;  // update hash -> site
   uint64_t id = 1;

@@ -201,6 +201,10 @@ void TestSite::Loop() {
         if (w.phase == Work::kDone && !w.acked && !w.rejected && w.result) send(*w.result);
       for (const auto& r : receiver.Resume()) send(r);
     }
+    if (conn != was_connected) {
+      std::lock_guard l(mu_);
+      stats_.connected = conn;
+    }
     was_connected = conn;
     {
       std::vector<proto::Message> out;

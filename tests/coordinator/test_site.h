@@ -79,6 +79,7 @@ class TestSite {
     int updates_sent = 0;
     int evals_sent = 0;
     int busy_sent = 0;
+    bool connected = false;                      // CURVE handshake done, Hello sent
   };
   Stats stats() const;
   bool WaitFor(const std::function<bool(const Stats&)>& pred, std::chrono::milliseconds timeout) const;

@@ -607,6 +607,49 @@ TEST(PacedSender, SilentOrGonePeerReleasesTheBudget) {
   EXPECT_LE(sender.in_flight(), 2 * o.chunk_bytes);
 }
 
+// A transfer that waits for the budget longer than the stall timeout is not
+// "silent": it owes nothing, and is served as soon as the budget frees.
+TEST(PacedSender, WaitingForTheBudgetIsNotStalling) {
+  StreamOptions o{4096, 4};
+  PacedPeers p(1, 64 << 10, o);
+  PacedSender sender(*p.src, o, o.chunk_bytes, std::chrono::seconds(5));
+  auto t0 = PacedSender::Clock::now();
+  std::map<std::string, int> sent;
+  auto emit = [&](const std::string& peer, const Envelope&) {
+    ++sent[peer];
+    return Status::Ok();
+  };
+  ASSERT_OK(sender.OnRequest("a", BlobRequest{p.hash, 0, 1, 0}, 0, t0));
+  ASSERT_OK(sender.OnRequest("b", BlobRequest{p.hash, 0, 1, 0}, 0, t0));
+  sender.Pump(emit, t0);
+  EXPECT_EQ(sent["a"], 1);
+  EXPECT_EQ(sent["b"], 0);
+  // a acknowledges late, after b waited past the stall timeout.
+  auto t1 = t0 + std::chrono::seconds(4);
+  ASSERT_OK(sender.OnRequest("a", BlobRequest{p.hash, 4096, 0, 4096}, 0, t1));
+  sender.Pump(emit, t0 + std::chrono::seconds(20));
+  EXPECT_EQ(sent["b"], 1) << "b owed nothing: it must be served";
+}
+
+TEST(BlobStreamBudget, LateCopyOfAHeldBlobIsAcknowledged) {
+  Stores s;
+  std::string data = RandomBytes(3000, 9);
+  auto hash = s.src->Put(data);
+  ASSERT_OK(hash.status());
+  BlobReceiver receiver(*s.dst, StreamOptions{4096, 4});
+  ASSERT_OK(receiver.Start(*hash, data.size()).status());
+  BlobChunk c{*hash, 0, data.size(), data, true};
+  ASSERT_OK(receiver.OnChunk(c).status());
+  ASSERT_TRUE(receiver.IsComplete(*hash));
+  auto again = receiver.OnChunk(c);  // the sender resent it after a reconnect
+  ASSERT_OK(again.status());
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_EQ((*again)[0].credits, 0u);
+  EXPECT_EQ((*again)[0].received, data.size());
+  BlobChunk stranger{std::string(64, 'c'), 0, 10, "0123456789", true};
+  EXPECT_FALSE(receiver.OnChunk(stranger).ok());
+}
+
 TEST(PacedSender, RefusesWhatItCannotServe) {
   StreamOptions o{4096, 4};
   PacedPeers p(1, 10000, o);
