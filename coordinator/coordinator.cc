@@ -200,12 +200,18 @@ struct Coordinator::Impl final : public RunnerHost {
   }
 
   // ---- site presence ----
+  // The site's worker connection is the one that said Hello last (a worker says
+  // it on every connect), or any connection while the site has none alive. An
+  // admin-API request with the site's key (`hanse jobs` run by its admin) never
+  // takes the worker's place, nor does a second connection while the first lives.
   void Touch(const proto::Incoming& in) {
     if (in.principal.role != proto::Role::kSite) return;
+    if (IsAdminRequest(in.envelope->message)) return;
     auto& c = sites[in.principal.name];
-    const bool changed = !c.peer || !(*c.peer == in.peer) || !c.alive;
     c.last_seen_unix = UnixSeconds();
-    if (!changed) return;
+    const bool same = c.peer && *c.peer == in.peer;
+    const bool hello = std::holds_alternative<proto::Hello>(in.envelope->message);
+    if (same ? c.alive : (c.alive && !hello)) return;
     spdlog::info("site {} connected", in.principal.name);
     // A new connection of the site: what was in flight on the old one is lost.
     if (c.peer && !(*c.peer == in.peer)) PeerGone(*c.peer);
@@ -223,6 +229,13 @@ struct Coordinator::Impl final : public RunnerHost {
           hashes.insert(hash);
         }
     for (const auto& hash : hashes) RouteRequests(receiver->Resume(hash));
+  }
+
+  static bool IsAdminRequest(const proto::Message& m) {
+    return std::holds_alternative<proto::SubmitJob>(m) || std::holds_alternative<proto::ListJobs>(m) ||
+           std::holds_alternative<proto::GetJobStatus>(m) || std::holds_alternative<proto::GetUsage>(m) ||
+           std::holds_alternative<proto::FetchModel>(m) || std::holds_alternative<proto::WatchJob>(m) ||
+           std::holds_alternative<proto::CancelJob>(m) || std::holds_alternative<proto::ListSites>(m);
   }
 
   // ---- dispatch ----

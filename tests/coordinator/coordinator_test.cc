@@ -350,6 +350,29 @@ TEST(Coordinator, AuthorizesByRole) {
   EXPECT_GT(sites.sites[0].last_seen_unix, 0);
 }
 
+// A site's admin using the site's key (hanse jobs, hanse usage) while its worker
+// is connected does not take the worker's place: tasks still reach the worker.
+TEST(Coordinator, ASecondConnectionWithTheSiteKeyDoesNotStealItsTasks) {
+  Harness h({.sites = 1});
+  h.Start();
+  auto s0 = h.MakeSite(0);
+  ASSERT_TRUE(s0->WaitFor([](const auto& st) { return st.connected; }, 30s));
+  auto admin_of_site = h.SiteClient(0);
+  EXPECT_EQ(Expect<proto::JobList>(admin_of_site->Call(proto::ListJobs{})).jobs.size(), 0u);
+  auto alice = h.Alice();
+  std::string job = SubmitOk(*alice, h, Harness::JobToml("steal", 1, 1, 60));
+  // The site client says something that is not an admin request, too.
+  (void)admin_of_site->Call(proto::Heartbeat{}, 500ms);
+  EXPECT_TRUE(WaitJobState(*alice, job, proto::JobState::kSucceeded, 30s)) << h.Log();
+  EXPECT_GE(s0->stats().updates_sent, 1);
+  // The worker's connection was taken once, never handed to the other one.
+  const std::string log = h.Log();
+  const std::string line = "site " + h.site_names()[0] + " connected";
+  size_t n = 0;
+  for (auto p = log.find(line); p != std::string::npos; p = log.find(line, p + 1)) ++n;
+  EXPECT_EQ(n, 1u) << log;
+}
+
 TEST(Coordinator, RefusesAnInvalidJobNamingTheKey) {
   Harness h({.sites = 1});
   h.Start();
