@@ -3,8 +3,9 @@
 //   hanse-worker --config site.toml [--log-format text|json] [--log-level L] [--new-audit-log]
 //   hanse-worker --check-config site.toml
 //   hanse-worker init-model --arch cnn|mlp [--hidden 256,128] [--in-features 784] [--classes 10] --seed N -o FILE
-//   hanse-worker evaluate --arch cnn --model M.safetensors [--images F --labels F | --config site.toml --dataset NAME]
-//                         [--threads N]
+//   hanse-worker init-model --arch torchscript --module net.pt -o FILE
+//   hanse-worker evaluate --arch cnn|mlp|torchscript [--module net.pt] --model M.safetensors
+//                         [--images F --labels F | --config site.toml --dataset NAME] [--threads N]
 //
 // CLI11 stays in this file (it costs ~10 s per translation unit).
 #include <signal.h>
@@ -126,11 +127,26 @@ int InitModelCommand(const std::string& arch, const std::vector<uint32_t>& hidde
   return 0;
 }
 
+// init-model --arch torchscript: the module's own parameters. Prints the module's
+// hash too: it is what sites list in policy.torchscript_hashes.
+int InitModuleCommand(const std::string& module, const std::string& out) {
+  std::error_code ec;
+  if (fs::path(out).has_parent_path()) fs::create_directories(fs::path(out).parent_path(), ec);
+  auto module_hash = train::InitModuleWeights(module, out);
+  if (!module_hash.ok()) return Fail(module_hash.status());
+  auto bytes = ReadWholeFile(out);
+  if (!bytes.ok()) return Fail(bytes.status());
+  std::cout << "wrote " << out << " (torchscript, parameters of " << module << ", " << bytes->size()
+            << " bytes, sha256 " << Sha256Hex(*bytes) << ")\n"
+            << "module " << module << " sha256 " << *module_hash << "  (sites list it in policy.torchscript_hashes)\n";
+  return 0;
+}
+
 // Evaluates on IDX files, or on the test split of a dataset of a site config
 // (`site_config` + `dataset`, partition and caps applied as the daemon would).
-int EvaluateCommand(const std::string& arch, const std::vector<uint32_t>& hidden, const std::string& model,
-                    const std::string& images, const std::string& labels, const std::string& site_config,
-                    const std::string& dataset, int threads) {
+int EvaluateCommand(const std::string& arch, const std::vector<uint32_t>& hidden, const std::string& module,
+                    const std::string& model, const std::string& images, const std::string& labels,
+                    const std::string& site_config, const std::string& dataset, int threads) {
   std::vector<int64_t> shape;
   Split split;
   if (!site_config.empty()) {
@@ -149,7 +165,7 @@ int EvaluateCommand(const std::string& arch, const std::vector<uint32_t>& hidden
     if (!loaded.ok()) return Fail(loaded.status());
     split = std::move(loaded).value();
   }
-  auto out = train::EvaluateModel(arch, hidden, model, split, shape, threads);
+  auto out = train::EvaluateModel(arch, hidden, model, split, shape, threads, module);
   if (!out.ok()) return Fail(out.status());
   std::printf("accuracy %.4f loss %.4f examples %llu\n", out->accuracy, out->loss,
               static_cast<unsigned long long>(out->examples));
@@ -175,16 +191,21 @@ int main(int argc, char** argv) {
   app.add_flag("--new-audit-log", new_audit_log,
                "if the audit log's chain is broken, move it aside and start a new chain");
 
-  auto* init = app.add_subcommand("init-model", "write freshly initialized weights of a built-in architecture");
-  std::string init_arch, init_out;
+  auto* init = app.add_subcommand(
+      "init-model", "write freshly initialized weights of a built-in architecture, or a TorchScript module's own");
+  std::string init_arch, init_out, init_module;
   std::vector<uint32_t> init_hidden;
   int64_t in_features = 784, classes = 10;
   uint64_t seed = 0;
-  init->add_option("--arch", init_arch, "mlp | cnn")->required()->check(CLI::IsMember({"mlp", "cnn"}));
-  init->add_option("--hidden", init_hidden, "mlp hidden sizes, e.g. --hidden 256 128")->delimiter(',');
-  init->add_option("--in-features", in_features, "mlp input features (default 784)");
-  init->add_option("--classes", classes, "output classes (default 10)");
-  init->add_option("--seed", seed, "random seed")->required();
+  init->add_option("--arch", init_arch, "mlp | cnn | torchscript")
+      ->required()
+      ->check(CLI::IsMember({"mlp", "cnn", "torchscript"}));
+  auto* init_module_opt = init->add_option("--module", init_module, "torchscript: the module (torch.jit.save) file");
+  auto* init_hidden_opt =
+      init->add_option("--hidden", init_hidden, "mlp hidden sizes, e.g. --hidden 256 128")->delimiter(',');
+  auto* in_features_opt = init->add_option("--in-features", in_features, "mlp input features (default 784)");
+  auto* classes_opt = init->add_option("--classes", classes, "output classes (default 10)");
+  auto* seed_opt = init->add_option("--seed", seed, "random seed (mlp, cnn: required)");
   init->add_option("-o,--output", init_out, "output .safetensors file")->required();
 
   auto* eval = app.add_subcommand("evaluate", "loss and accuracy of a model on a local IDX test set");
@@ -192,7 +213,11 @@ int main(int argc, char** argv) {
                                      labels = hanse::site::kFashionTestLabels;
   std::vector<uint32_t> eval_hidden;
   int threads = 1;
-  eval->add_option("--arch", eval_arch, "mlp | cnn")->required()->check(CLI::IsMember({"mlp", "cnn"}));
+  std::string eval_module;
+  eval->add_option("--arch", eval_arch, "mlp | cnn | torchscript")
+      ->required()
+      ->check(CLI::IsMember({"mlp", "cnn", "torchscript"}));
+  auto* eval_module_opt = eval->add_option("--module", eval_module, "torchscript: the module file the model is for");
   eval->add_option("--hidden", eval_hidden, "mlp hidden sizes")->delimiter(',');
   eval->add_option("--model", eval_model, "model .safetensors")->required();
   eval->add_option("--images", images, "IDX images (raw or .gz); default: Debian's Fashion-MNIST test set");
@@ -204,11 +229,31 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
 
+  // Options that depend on --arch (CLI11 cannot say "required unless").
+  auto usage_error = [](const std::string& what) {
+    std::cerr << "hanse-worker: " << what << "\n";
+    return 2;
+  };
   if (init->parsed()) {
+    if (init_arch == "torchscript") {
+      if (init_module_opt->count() == 0) return usage_error("init-model --arch torchscript needs --module FILE");
+      for (const auto* opt : {seed_opt, init_hidden_opt, in_features_opt, classes_opt}) {
+        if (opt->count() > 0)
+          return usage_error("init-model --arch torchscript: " + opt->get_name() +
+                             " does not apply (the weights are the module's own parameters)");
+      }
+      return hanse::site::InitModuleCommand(init_module, init_out);
+    }
+    if (init_module_opt->count() > 0) return usage_error("init-model: --module applies only to --arch torchscript");
+    if (seed_opt->count() == 0) return usage_error("init-model --arch " + init_arch + " needs --seed N");
     return hanse::site::InitModelCommand(init_arch, init_hidden, in_features, classes, seed, init_out);
   }
   if (eval->parsed()) {
-    return hanse::site::EvaluateCommand(eval_arch, eval_hidden, eval_model, images, labels, eval_config,
+    if (eval_arch == "torchscript" && eval_module_opt->count() == 0)
+      return usage_error("evaluate --arch torchscript needs --module FILE");
+    if (eval_arch != "torchscript" && eval_module_opt->count() > 0)
+      return usage_error("evaluate: --module applies only to --arch torchscript");
+    return hanse::site::EvaluateCommand(eval_arch, eval_hidden, eval_module, eval_model, images, labels, eval_config,
                                         eval_dataset, threads);
   }
   if (!check_file.empty()) return hanse::site::CheckConfig(check_file);

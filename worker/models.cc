@@ -5,6 +5,7 @@
 #include <torch/script.h>
 
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -149,8 +150,25 @@ Result<std::unique_ptr<Model>> MakeModel(const ModelSpec& spec) {
       std::error_code ec;
       if (!std::filesystem::is_regular_file(spec.module_file, ec))
         return Status::NotFound("torchscript: " + spec.module_file.string() + ": no such file");
-      torch::jit::Module m = torch::jit::load(spec.module_file.string(), torch::kCPU);
-      return std::unique_ptr<Model>(std::make_unique<ScriptModel>(std::move(m)));
+      // torch.jit.save writes a zip archive; anything else (a pickled nn.Module
+      // from torch.save, a safetensors file) gets a message that says so.
+      char magic[4] = {};
+      {
+        std::ifstream f(spec.module_file, std::ios::binary);
+        f.read(magic, sizeof magic);
+      }
+      if (std::memcmp(magic, "PK\x03\x04", 4) != 0)
+        return Status::InvalidArgument("torchscript: " + spec.module_file.string() +
+                                       ": not a TorchScript archive (no zip header; save it with torch.jit.save)");
+      try {
+        torch::jit::Module m = torch::jit::load(spec.module_file.string(), torch::kCPU);
+        return std::unique_ptr<Model>(std::make_unique<ScriptModel>(std::move(m)));
+      } catch (const std::exception& e) {
+        std::string what = e.what();
+        if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
+        return Status::InvalidArgument("torchscript: " + spec.module_file.string() +
+                                       ": not a loadable TorchScript archive: " + what);
+      }
     }
   } catch (const std::exception& e) {
     // c10::Error and jit load errors: a bad module file is bad input, not a bug.

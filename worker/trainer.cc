@@ -11,6 +11,8 @@
 #include <random>
 #include <thread>
 
+#include "core/fsutil.h"
+#include "core/sha256.h"
 #include "worker/models.h"
 #include "worker/torch_trainer.h"
 
@@ -601,11 +603,42 @@ Status InitModel(const std::string& arch, const std::vector<uint32_t>& hidden, i
   }
 }
 
+Result<std::string> InitModuleWeights(const std::filesystem::path& module_file, const std::filesystem::path& out) {
+  try {
+    ModelSpec spec;
+    spec.arch = "torchscript";
+    spec.module_file = module_file;
+    HANSE_ASSIGN_OR_RETURN(auto model, MakeModel(spec));
+    const NamedTensors params = model->Parameters();
+    if (params.empty())
+      return Status::InvalidArgument("init-model: " + module_file.string() +
+                                     ": the module has no parameters (nothing to train)");
+    for (const auto& [name, p] : params) {
+      if (p.scalar_type() != torch::kFloat32)
+        return Status::InvalidArgument("init-model: " + module_file.string() + ": parameter '" + name + "' is " +
+                                       c10::toString(p.scalar_type()) +
+                                       "; hanse trains F32 parameters (call .float() before scripting)");
+    }
+    HANSE_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(module_file));
+    std::string module_hash = Sha256Hex(bytes);
+    HANSE_RETURN_IF_ERROR(SaveWeights(*model, out,
+                                      {{"hanse.kind", "model"},
+                                       {"hanse.arch", "torchscript"},
+                                       {"hanse.module_sha256", module_hash}}));
+    return module_hash;
+  } catch (const std::exception& e) {
+    return Status::Internal("init-model: " + module_file.string() + ": " + FirstLine(e.what()));
+  }
+}
+
 Result<site::EvalOutput> EvaluateModel(const std::string& arch, const std::vector<uint32_t>& hidden,
                                        const std::filesystem::path& model, const site::Split& split,
-                                       const std::vector<int64_t>& sample_shape, int threads) {
-  if (arch != "mlp" && arch != "cnn")
-    return Status::InvalidArgument("evaluate: unknown built-in architecture '" + arch + "' (mlp, cnn)");
+                                       const std::vector<int64_t>& sample_shape, int threads,
+                                       const std::filesystem::path& module_file) {
+  if (arch != "mlp" && arch != "cnn" && arch != "torchscript")
+    return Status::InvalidArgument("evaluate: unknown architecture '" + arch + "' (mlp, cnn, torchscript)");
+  if (arch == "torchscript" && module_file.empty())
+    return Status::InvalidArgument("evaluate: --arch torchscript needs the module file (--module)");
   try {
     UsageMeter meter;
     torch::set_num_threads(std::max(1, threads));
@@ -613,6 +646,7 @@ Result<site::EvalOutput> EvaluateModel(const std::string& arch, const std::vecto
     spec.arch = arch;
     spec.hidden = hidden;
     spec.sample_shape = sample_shape;
+    spec.module_file = module_file;
     if (arch == "mlp" && hidden.empty()) {
       // Command-line convenience: take the hidden sizes from the file's layers
       // (fc1..fcK-1 output sizes); the strict load still checks every tensor.
@@ -627,7 +661,15 @@ Result<site::EvalOutput> EvaluateModel(const std::string& arch, const std::vecto
     }
     int64_t max_label = -1;
     for (auto l : split.labels) max_label = std::max(max_label, l);
-    HANSE_ASSIGN_OR_RETURN(Loaded loaded, LoadModel(spec, model, std::max<int64_t>(1, max_label + 1)));
+    auto loaded_or = LoadModel(spec, model, std::max<int64_t>(1, max_label + 1));
+    if (!loaded_or.ok()) {
+      // A weights file that does not fit the module: say which module.
+      if (arch == "torchscript" && loaded_or.status().code() == Code::kInvalidArgument &&
+          loaded_or.status().message().rfind("model ", 0) == 0)
+        return Status::InvalidArgument(loaded_or.status().message() + " (module " + module_file.string() + ")");
+      return loaded_or.status();
+    }
+    Loaded loaded = std::move(loaded_or).value();
     HANSE_RETURN_IF_ERROR(CheckLabels(split, loaded.spec.num_classes, "evaluate"));
     const EvalSums s = EvaluateOn(*loaded.model, split, sample_shape, torch::kCPU);
     site::EvalOutput out;

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/safetensors.h"
+#include "core/sha256.h"
 #include "test_util.h"
 #include "worker/dataset.h"
 #include "worker/torch_trainer.h"
@@ -410,6 +411,60 @@ TEST_F(TrainTest, TorchScriptModuleTrainsWithStrictParameterCheck) {
   auto junk = MakeTorchTrainer(1)->Train(in, dir_ / "w.safetensors", not_cancelled_);
   ASSERT_FALSE(junk.ok());
   EXPECT_EQ(junk.status().code(), Code::kInvalidArgument);
+}
+
+// init-model --module / evaluate --module: the module's own parameters as the
+// initial model; bad inputs name the file.
+TEST_F(TrainTest, TorchScriptModuleWeightsAreWrittenAndEvaluated) {
+  SaveLinearModule(dir_ / "linear.pt");
+  auto hash = InitModuleWeights(dir_ / "linear.pt", dir_ / "init.safetensors");
+  ASSERT_OK(hash.status());
+  EXPECT_EQ(*hash, Sha256Hex(ReadFile(dir_ / "linear.pt")));
+  auto file = SafetensorsFile::Open(dir_ / "init.safetensors");
+  ASSERT_OK(file.status());
+  ASSERT_EQ((*file)->tensors().size(), 2u);
+  EXPECT_EQ((*file)->Find("weight")->dtype, DType::kF32);
+  EXPECT_EQ((*file)->Find("weight")->shape, (std::vector<int64_t>{10, 784}));
+  EXPECT_EQ((*file)->Find("bias")->shape, (std::vector<int64_t>{10}));
+
+  // All-zero weights: every logit ties, argmax picks class 0 (a tenth of the test set).
+  auto ev = EvaluateModel("torchscript", {}, dir_ / "init.safetensors", data_->test, data_->sample_shape, 1,
+                          dir_ / "linear.pt");
+  ASSERT_OK(ev.status());
+  EXPECT_EQ(ev->examples, data_->test.size());
+  EXPECT_NEAR(ev->loss, std::log(10.0), 1e-4);
+
+  // Missing module, a module that is not TorchScript, a model that does not fit.
+  auto missing = InitModuleWeights(dir_ / "nope.pt", dir_ / "x.safetensors");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), Code::kNotFound);
+  EXPECT_NE(missing.status().message().find("nope.pt"), std::string::npos) << missing.status().ToString();
+  hanse::testing::WriteFile(dir_ / "junk.pt", "not a zip");
+  auto junk = InitModuleWeights(dir_ / "junk.pt", dir_ / "x.safetensors");
+  ASSERT_FALSE(junk.ok());
+  EXPECT_EQ(junk.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(junk.status().message().find("junk.pt: not a TorchScript archive"), std::string::npos)
+      << junk.status().ToString();
+  hanse::testing::WriteFile(dir_ / "zip.pt", std::string("PK\x03\x04", 4) + "truncated");
+  auto zip = InitModuleWeights(dir_ / "zip.pt", dir_ / "x.safetensors");
+  ASSERT_FALSE(zip.ok());
+  EXPECT_NE(zip.status().message().find("zip.pt: not a loadable TorchScript archive"), std::string::npos)
+      << zip.status().ToString();
+  auto ev_junk = EvaluateModel("torchscript", {}, dir_ / "init.safetensors", data_->test, data_->sample_shape, 1,
+                               dir_ / "junk.pt");
+  ASSERT_FALSE(ev_junk.ok());
+  EXPECT_NE(ev_junk.status().message().find("junk.pt"), std::string::npos) << ev_junk.status().ToString();
+  auto ev_none = EvaluateModel("torchscript", {}, dir_ / "init.safetensors", data_->test, data_->sample_shape, 1);
+  ASSERT_FALSE(ev_none.ok());
+  EXPECT_NE(ev_none.status().message().find("--module"), std::string::npos) << ev_none.status().ToString();
+  ASSERT_OK(InitModel("mlp", {32}, 784, 10, 1, dir_ / "mlp.safetensors"));
+  auto mismatch = EvaluateModel("torchscript", {}, dir_ / "mlp.safetensors", data_->test, data_->sample_shape, 1,
+                                dir_ / "linear.pt");
+  ASSERT_FALSE(mismatch.ok());
+  EXPECT_EQ(mismatch.status().code(), Code::kInvalidArgument);
+  const std::string& m = mismatch.status().message();
+  EXPECT_NE(m.find("mlp.safetensors: tensor 'weight' missing"), std::string::npos) << m;
+  EXPECT_NE(m.find("linear.pt"), std::string::npos) << m;
 }
 
 TEST_F(TrainTest, LabelsOutsideTheModelAreRejected) {
