@@ -13,6 +13,7 @@
 //   rounds_bench [--sites 2,8,32,128,256] [--params 1000000] [--rounds 3]
 //   rounds_bench --big        100M parameters, 2 sites
 //   rounds_bench --rss        coordinator peak anonymous RSS: 1M/25M/100M at N=2, 25M at N=8
+//   rounds_bench --rss --sites 256 [--params N]   the same for the given site counts
 #include <sys/types.h>
 
 #include <atomic>
@@ -252,10 +253,13 @@ int main(int argc, char** argv) {
   std::vector<int> ns = {2, 8, 32, 128, 256};
   uint64_t params = 1000000;
   int rounds = 3;
-  bool big = false, rss = false;
+  bool big = false, rss = false, sites_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--sites" && i + 1 < argc) ns = ParseList(argv[++i]);
+    if (a == "--sites" && i + 1 < argc) {
+      ns = ParseList(argv[++i]);
+      sites_given = true;
+    }
     else if (a == "--params" && i + 1 < argc) params = std::strtoull(argv[++i], nullptr, 10);
     else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
     else if (a == "--big") big = true;
@@ -268,7 +272,12 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   if (rss) {
     std::printf("coordinator peak anonymous RSS (FedAvg, %d rounds)\n", rounds);
-    for (auto [p, n] : std::vector<std::pair<uint64_t, int>>{{1000000, 2}, {25000000, 2}, {100000000, 2}, {25000000, 8}}) {
+    std::vector<std::pair<uint64_t, int>> cases{{1000000, 2}, {25000000, 2}, {100000000, 2}, {25000000, 8}};
+    if (sites_given) {  // --rss --sites 256 [--params N]: those site counts only
+      cases.clear();
+      for (int n : ns) cases.push_back({params, n});
+    }
+    for (auto [p, n] : cases) {
       auto c = RunCoordinator(n, p, rounds);
       std::printf("params=%-10llu N=%-3d peak RssAnon %.1f MiB  (%.2f s/round)\n", static_cast<unsigned long long>(p), n,
                   c.peak_rss_mib, c.seconds_per_round);
