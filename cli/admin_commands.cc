@@ -134,7 +134,7 @@ Outcome RunSubmit(const ConnectOptions& c, const fs::path& job_file, std::ostrea
   req.file_name = job_file.filename().string();
   req.model_hash = hash;
   req.model_size = size;
-  if (job->architecture == "torchscript") {
+  if (job->needs_module()) {
     auto module = client->Offer(job->torchscript_module);
     if (!module.ok()) return Outcome::Local(module.status().message());
     std::tie(req.module_hash, req.module_size) = module.value();

@@ -73,7 +73,7 @@ struct Coordinator::Impl final : public RunnerHost {
     proto::Hello hello;
   };
   struct Pull {
-    // A submit pulls the TorchScript module (if any), then the initial model.
+    // A submit pulls the job's model module (if its architecture has one), then the initial model.
     enum class Kind { kUpdate, kSubmitModule, kSubmit } kind = Kind::kUpdate;
     proto::Principal principal;
     proto::PeerId peer;
@@ -540,42 +540,42 @@ struct Coordinator::Impl final : public RunnerHost {
       Refuse(in, proto::Reason::kInvalidJob, "initial model: invalid hash or empty model", m.model_hash);
       return;
     }
-    const bool torchscript = cfg->architecture == "torchscript";
-    if (torchscript && (!IsValidHash(m.module_hash) || m.module_size == 0)) {
+    const bool with_module = cfg->needs_module();
+    if (with_module && (!IsValidHash(m.module_hash) || m.module_size == 0)) {
       Refuse(in, proto::Reason::kInvalidJob,
-             m.file_name + ": torchscript_module: the module was not sent with the job (invalid hash or empty)",
+             m.file_name + ": " + JobConfig::kModuleKey + ": the module was not sent with the job (invalid hash or empty)",
              m.module_hash);
       return;
     }
-    if (!torchscript && !m.module_hash.empty()) {
+    if (!with_module && !m.module_hash.empty()) {
       Refuse(in, proto::Reason::kInvalidJob,
-             m.file_name + ": architecture: a TorchScript module was sent but architecture is \"" +
-                 cfg->architecture + "\"",
+             m.file_name + ": architecture: a model module was sent but architecture is \"" + cfg->architecture + "\"",
              m.module_hash);
       return;
     }
     spdlog::info("lead {} submits {} ({}); pulling initial model {} ({} bytes)", in.principal.name, cfg->name,
                  m.file_name, m.model_hash.substr(0, 12), m.model_size);
     Pull p;
-    p.kind = torchscript ? Pull::Kind::kSubmitModule : Pull::Kind::kSubmit;
+    p.kind = with_module ? Pull::Kind::kSubmitModule : Pull::Kind::kSubmit;
     p.principal = in.principal;
     p.peer = in.peer;
     p.reply_to = in.envelope->message_id;
     p.submit = m;
-    if (torchscript) {
+    if (with_module) {
       StartPull(std::move(p), m.module_hash, m.module_size);
     } else {
       StartPull(std::move(p), m.model_hash, m.model_size);
     }
   }
 
-  // The module is here: check it looks like a TorchScript archive (a zip file;
-  // the coordinator does not load it), then pull the initial model.
+  // The module is here: check it is a zip archive (the format of serialized
+  // modules; the coordinator never loads one), then pull the initial model.
   void FinishSubmitModule(Pull p, const std::string& hash) {
     char magic[4] = {};
     auto got = blob_store->ReadAt(hash, 0, std::as_writable_bytes(std::span<char>(magic, 4)));
     if (!got.ok() || *got != 4 || std::string_view(magic, 4) != std::string_view("PK\x03\x04", 4)) {
-      const std::string text = p.submit.file_name + ": torchscript_module: not a TorchScript archive (no zip header)";
+      const std::string text =
+          p.submit.file_name + ": " + JobConfig::kModuleKey + ": not a serialized module archive (no zip header)";
       spdlog::warn("job from {} refused: {}", p.principal.name, text);
       (void)Send(p.peer, proto::Reject{proto::Reason::kInvalidJob, text, hash}, p.reply_to);
       auto used = db->HashInUse(hash);

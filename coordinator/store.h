@@ -34,7 +34,7 @@ struct JobRecord {
   std::string file_name;
   std::string initial_model;         // blob hash
   uint64_t initial_size = 0;
-  std::string module_hash;           // TorchScript module blob ("" = built-in architecture)
+  std::string module_hash;           // model module blob ("" = built-in architecture)
   uint64_t module_size = 0;
   uint32_t rounds_total = 0;
   uint32_t rounds_done = 0;          // committed rounds

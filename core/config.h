@@ -168,6 +168,11 @@ struct JobConfig {
   std::optional<double> max_update_norm;
   std::optional<double> clip_norm;
   uint64_t seed = 0;
+
+  // The key naming the model-module file that some architectures ship with the
+  // job (the lead uploads it as a blob beside the initial model).
+  static constexpr const char* kModuleKey = "torchscript_module";
+  bool needs_module() const { return architecture == "torchscript"; }
 };
 
 // ---------------- client.toml ----------------

@@ -18,6 +18,26 @@ namespace hanse::proto {
 
 // ---------------------------------------------------------------- sender
 
+namespace {
+
+// The size of a blob a request may be served from: kNotFound when absent,
+// kInvalidArgument when the request starts beyond its end.
+Result<uint64_t> ServableSize(BlobStore& store, const BlobRequest& request) {
+  auto size = store.Size(request.hash);
+  if (!size.ok()) {
+    if (size.status().code() == Code::kNotFound) return Status::NotFound("blob " + request.hash + " not found");
+    return size.status();
+  }
+  if (request.offset > *size) {
+    return Status::InvalidArgument("blob request for " + request.hash + " at offset " +
+                                   std::to_string(request.offset) + " beyond its size " + std::to_string(*size));
+  }
+  return *size;
+}
+
+}  // namespace
+
+
 BlobSender::BlobSender(BlobStore& store, StreamOptions options) : store_(store), options_(options) {}
 
 Status BlobSender::Serve(const BlobRequest& request, const std::function<Status(const BlobChunk&)>& emit) {
@@ -28,15 +48,7 @@ Status BlobSender::Serve(const BlobRequest& request, uint64_t in_reply_to,
                          const std::function<Status(const Envelope&)>& emit) {
   if (!IsValidHash(request.hash)) return Status::InvalidArgument("blob request: invalid hash");
   if (request.credits == 0) return Status::Ok();  // an acknowledgement only
-  auto size = store_.Size(request.hash);
-  if (!size.ok()) {
-    if (size.status().code() == Code::kNotFound) return Status::NotFound("blob " + request.hash + " not found");
-    return size.status();
-  }
-  if (request.offset > *size) {
-    return Status::InvalidArgument("blob request for " + request.hash + " at offset " +
-                                   std::to_string(request.offset) + " beyond its size " + std::to_string(*size));
-  }
+  HANSE_ASSIGN_OR_RETURN(uint64_t size, ServableSize(store_, request));
   // Never more than our own window in flight, whatever the peer asks for: the
   // socket's queue would otherwise hold credits x chunk bytes.
   uint32_t credits = std::min(request.credits, options_.window);
@@ -44,10 +56,10 @@ Status BlobSender::Serve(const BlobRequest& request, uint64_t in_reply_to,
   scratch_.in_reply_to = in_reply_to;
   auto& chunk = std::get<BlobChunk>(scratch_.message);  // one buffer for all requests
   chunk.hash = request.hash;
-  chunk.total_size = *size;
+  chunk.total_size = size;
   uint64_t offset = request.offset;
   for (uint32_t i = 0; i < credits; ++i) {
-    uint64_t n = std::min<uint64_t>(options_.chunk_bytes, *size - offset);
+    uint64_t n = std::min<uint64_t>(options_.chunk_bytes, size - offset);
     chunk.offset = offset;
     chunk.bytes.resize(n);
     if (n > 0) {
@@ -55,7 +67,7 @@ Status BlobSender::Serve(const BlobRequest& request, uint64_t in_reply_to,
       if (!got.ok()) return got.status();
       if (*got != n) return Status::Io("blob " + request.hash + " shrank while being read");
     }
-    chunk.last = offset + n == *size;
+    chunk.last = offset + n == size;
     HANSE_RETURN_IF_ERROR(emit(scratch_));
     offset += n;
     if (chunk.last) break;
@@ -125,17 +137,9 @@ Status PacedSender::OnRequest(const std::string& peer, const BlobRequest& reques
   auto it = im.transfers.find(key);
   if (it == im.transfers.end()) {
     if (request.credits == 0) return Status::Ok();  // acknowledges a transfer already done or forgotten
-    auto size = im.store.Size(request.hash);
-    if (!size.ok()) {
-      if (size.status().code() == Code::kNotFound) return Status::NotFound("blob " + request.hash + " not found");
-      return size.status();
-    }
-    if (request.offset > *size) {
-      return Status::InvalidArgument("blob request for " + request.hash + " at offset " +
-                                     std::to_string(request.offset) + " beyond its size " + std::to_string(*size));
-    }
+    HANSE_ASSIGN_OR_RETURN(uint64_t size, ServableSize(im.store, request));
     it = im.transfers.emplace(key, Impl::Transfer{}).first;
-    it->second.size = *size;
+    it->second.size = size;
   }
   auto& t = it->second;
   if (request.offset > t.size) {

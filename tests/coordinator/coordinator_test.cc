@@ -368,9 +368,7 @@ TEST(Coordinator, ASecondConnectionWithTheSiteKeyDoesNotStealItsTasks) {
   // The worker's connection was taken once, never handed to the other one.
   const std::string log = h.Log();
   const std::string line = "site " + h.site_names()[0] + " connected";
-  size_t n = 0;
-  for (auto p = log.find(line); p != std::string::npos; p = log.find(line, p + 1)) ++n;
-  EXPECT_EQ(n, 1u) << log;
+  EXPECT_EQ(CountOf(log, line), 1u) << log;
 }
 
 TEST(Coordinator, RefusesAnInvalidJobNamingTheKey) {
